@@ -1,0 +1,31 @@
+"""fastkernels: what can a network learn that a kernel cannot, with the same samples?
+
+Targets from Allen-Zhu & Li (NeurIPS 2019), small residual networks trained by SGD, kernel
+baselines (RBF, arc-cosine, analytic and empirical NTK) and sweeps over the sample count.
+"""
+
+__version__ = "0.1.0"
+
+from . import concepts  # noqa: E402
+from .concepts import ParityConcept, make_concept  # noqa: E402
+from .learners import make_learner  # noqa: E402
+
+
+def __getattr__(name):
+    if name in ("ResNetRegressor", "KernelRidge", "NTKRegressor"):
+        from . import learners
+
+        return getattr(learners, name)
+    raise AttributeError(name)
+
+
+__all__ = [
+    "__version__",
+    "concepts",
+    "ParityConcept",
+    "make_concept",
+    "make_learner",
+    "ResNetRegressor",
+    "KernelRidge",
+    "NTKRegressor",
+]

@@ -1,0 +1,61 @@
+"""scikit-learn style estimators: networks trained by SGD and kernel ridge baselines.
+
+Every estimator follows scikit-learn's conventions: ``__init__`` only stores its arguments,
+``fit(X, Y)`` returns ``self``, fitted state ends in ``_``, ``predict(X)`` returns an (n, k) tensor
+and ``score(X, Y)`` is the coefficient of determination R^2. ``hparams_`` holds the
+hyperparameters chosen during ``fit`` (JSON-serialisable), which sweeps record.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+# type name in sweep files -> (module, class)
+LEARNERS: dict[str, tuple[str, str]] = {
+    "resnet": ("fastkernels.learners.resnet", "ResNetRegressor"),
+    "kernel_ridge": ("fastkernels.learners.kernel_ridge", "KernelRidge"),
+    "ntk": ("fastkernels.learners.ntk", "NTKRegressor"),
+}
+
+
+def learner_class(type_name: str):
+    """The estimator class registered as ``type_name`` (``"resnet"``, ``"kernel_ridge"``, ``"ntk"``)."""
+    if type_name not in LEARNERS:
+        raise ValueError(f"unknown learner type {type_name!r}; expected one of {sorted(LEARNERS)}")
+    module, cls = LEARNERS[type_name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def learner_params(type_name: str) -> list[str]:
+    """Constructor parameter names accepted by the learner type."""
+    cls = learner_class(type_name)
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+
+def make_learner(type_name: str, **params):
+    """Build an estimator of registered type ``type_name`` with constructor ``params``.
+
+    Raises
+    ------
+    ValueError
+        Unknown type or parameter (the message lists the accepted ones).
+    """
+    accepted = learner_params(type_name)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"learner type {type_name!r}: unknown parameter(s) {unknown}; accepted: {accepted}"
+        )
+    return learner_class(type_name)(**params)
+
+
+def __getattr__(name):
+    for type_name, (_, cls) in LEARNERS.items():
+        if cls == name:
+            return learner_class(type_name)
+    raise AttributeError(name)
+
+
+__all__ = ["LEARNERS", "learner_class", "learner_params", "make_learner",
+           "ResNetRegressor", "KernelRidge", "NTKRegressor"]
