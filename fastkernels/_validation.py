@@ -100,13 +100,23 @@ def check_positive_int(value, *, name: str, where: str) -> int:
 
 
 def check_positive_float(value, *, name: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"{where}: {name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def check_nonnegative_float(value, *, name: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, Real)
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise ValueError(f"{where}: {name} must be a finite number >= 0, got {value!r}")
     return float(value)
 

@@ -1,15 +1,22 @@
 """Target generators: the paper's hierarchical concepts (PAPER.md section 1)."""
 
+from .all19 import ALL19Target
 from .base import Concept
+from .hard import HardInstance
 from .parity import ParityConcept
+from .smooth import SmoothConcept
 
 CONCEPTS: dict[str, type[Concept]] = {
     ParityConcept.name: ParityConcept,
+    SmoothConcept.name: SmoothConcept,
+    HardInstance.name: HardInstance,
+    ALL19Target.name: ALL19Target,
 }
 
 
 def make_concept(name: str, **params) -> Concept:
-    """Build a concept by registry name (``"parity"``, ...) with constructor ``params``.
+    """Build a concept by registry name (``"parity"``, ``"smooth"``, ``"hard"``, ``"all19"``)
+    with constructor ``params``.
 
     Raises
     ------
@@ -28,4 +35,12 @@ def make_concept(name: str, **params) -> Concept:
     return cls(**params)
 
 
-__all__ = ["Concept", "ParityConcept", "CONCEPTS", "make_concept"]
+__all__ = [
+    "Concept",
+    "ParityConcept",
+    "SmoothConcept",
+    "HardInstance",
+    "ALL19Target",
+    "CONCEPTS",
+    "make_concept",
+]

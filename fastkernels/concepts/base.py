@@ -78,7 +78,8 @@ class Concept:
         X = torch.as_tensor(X, dtype=torch.float64)
         if X.dim() != 2 or X.shape[1] != self.d:
             raise ValueError(
-                f"{type(self).__name__}.target: X must have shape (n, {self.d}), got {tuple(X.shape)}"
+                f"{type(self).__name__}.target: X must have shape (n, {self.d}), "
+                f"got {tuple(X.shape)}"
             )
         F, GF = self.components(X)
         return self.beta * F + self.alpha * GF

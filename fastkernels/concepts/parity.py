@@ -43,7 +43,9 @@ class ParityConcept(Concept):
         if self.k < 4:
             raise ValueError(f"{where}: k must be >= 4 (G reads y_1..y_4), got {k}")
         if self.d < 2 * self.k:
-            raise ValueError(f"{where}: d must be >= 2 k = {2 * self.k} (F uses disjoint pairs), got {d}")
+            raise ValueError(
+                f"{where}: d must be >= 2 k = {2 * self.k} (F uses disjoint pairs), got {d}"
+            )
 
     @classmethod
     def final(cls, **kwargs) -> ParityConcept:

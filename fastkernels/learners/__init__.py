@@ -20,7 +20,7 @@ LEARNERS: dict[str, tuple[str, str]] = {
 
 
 def learner_class(type_name: str):
-    """The estimator class registered as ``type_name`` (``"resnet"``, ``"kernel_ridge"``, ``"ntk"``)."""
+    """The estimator class registered as ``type_name`` ("resnet", "kernel_ridge", "ntk")."""
     if type_name not in LEARNERS:
         raise ValueError(f"unknown learner type {type_name!r}; expected one of {sorted(LEARNERS)}")
     module, cls = LEARNERS[type_name]
@@ -57,5 +57,12 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["LEARNERS", "learner_class", "learner_params", "make_learner",
-           "ResNetRegressor", "KernelRidge", "NTKRegressor"]
+__all__ = [
+    "LEARNERS",
+    "learner_class",
+    "learner_params",
+    "make_learner",
+    "ResNetRegressor",
+    "KernelRidge",
+    "NTKRegressor",
+]

@@ -1,0 +1,5 @@
+"""Kernel ridge solvers."""
+
+from .cholesky import cholesky
+
+__all__ = ["cholesky"]

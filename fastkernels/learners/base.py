@@ -1,0 +1,119 @@
+"""Shared estimator machinery: parameter handling, input checks, validation split, scores."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+
+from .._validation import as_float_tensor, check_xy
+
+
+def squared_error(pred: torch.Tensor, Y: torch.Tensor) -> float:
+    """The paper's test error: mean over samples of ||pred - Y||^2 summed over the k outputs."""
+    diff = pred.to(torch.float64) - Y.to(torch.float64)
+    if diff.dim() == 1:
+        return float(diff.pow(2).mean())
+    return float(diff.pow(2).sum(dim=1).mean())
+
+
+def validation_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (train, validation) index split of ``range(n)``; validation gets ``fraction``.
+
+    At least one sample lands on each side; raises if ``n < 2``.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {fraction}")
+    if n < 2:
+        raise ValueError(f"a validation split needs at least 2 samples, got {n}")
+    g = torch.Generator().manual_seed(int(seed) + 7_777)
+    perm = torch.randperm(n, generator=g)
+    n_val = min(n - 1, max(1, round(fraction * n)))
+    return perm[n_val:], perm[:n_val]
+
+
+class BaseRegressor:
+    """scikit-learn style parameter handling and scoring for fastkernels estimators."""
+
+    def get_params(self, deep: bool = True) -> dict:
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def set_params(self, **params) -> BaseRegressor:
+        valid = self.get_params()
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(
+                    f"{type(self).__name__}.set_params: unknown parameter {key!r}; "
+                    f"accepted: {sorted(valid)}"
+                )
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        init = inspect.signature(type(self).__init__).parameters
+        changed = [
+            f"{k}={v!r}"
+            for k, v in self.get_params().items()
+            if init[k].default is inspect.Parameter.empty or v != init[k].default
+        ]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    # -- input handling -----------------------------------------------------------------------
+    def _check_fit_input(self, X, Y, *, dtype=None, device=None):
+        where = f"{type(self).__name__}.fit"
+        X_t, Y_t = check_xy(X, Y, where=where, dtype=dtype, device=device)
+        self.n_features_in_ = X_t.shape[1]
+        self.n_outputs_ = Y_t.shape[1]
+        self._y_1d_ = np.ndim(Y) == 1 if not isinstance(Y, torch.Tensor) else Y.dim() == 1
+        self._numpy_io_ = not isinstance(X, torch.Tensor)
+        return X_t, Y_t
+
+    def _check_is_fitted(self, where: str):
+        if not hasattr(self, "n_features_in_"):
+            raise RuntimeError(
+                f"{type(self).__name__}.{where}: this estimator is not fitted yet; call fit first"
+            )
+
+    def _check_predict_input(self, X, *, dtype=None, device=None) -> torch.Tensor:
+        self._check_is_fitted("predict")
+        where = f"{type(self).__name__}.predict"
+        X_t = as_float_tensor(X, name="X", where=where, ndim=2, dtype=dtype, device=device)
+        if X_t.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"{where}: X has {X_t.shape[1]} features, but this estimator was fitted with "
+                f"{self.n_features_in_}"
+            )
+        return X_t
+
+    def _format_output(self, pred: torch.Tensor, X):
+        if self._y_1d_:
+            pred = pred[:, 0]
+        if not isinstance(X, torch.Tensor):
+            return pred.detach().cpu().numpy()
+        return pred
+
+    # -- scores -------------------------------------------------------------------------------
+    def score(self, X, Y) -> float:
+        """Coefficient of determination R^2, averaged uniformly over outputs (as scikit-learn)."""
+        pred = torch.as_tensor(self.predict(X), dtype=torch.float64)
+        Y_t = torch.as_tensor(np.asarray(Y) if not isinstance(Y, torch.Tensor) else Y)
+        Y_t = Y_t.to(torch.float64).reshape(pred.shape).cpu()
+        pred = pred.cpu()
+        if pred.dim() == 1:
+            pred, Y_t = pred[:, None], Y_t[:, None]
+        ss_res = (Y_t - pred).pow(2).sum(dim=0)
+        ss_tot = (Y_t - Y_t.mean(dim=0)).pow(2).sum(dim=0)
+        r2 = torch.where(
+            ss_tot > 0, 1 - ss_res / ss_tot.clamp_min(1e-300), torch.zeros_like(ss_res)
+        )
+        return float(r2.mean())
+
+    def test_error(self, X, Y) -> float:
+        """The paper's error: mean over samples of the squared error summed over outputs."""
+        pred = torch.as_tensor(self.predict(X))
+        return squared_error(
+            pred.cpu(),
+            torch.as_tensor(np.asarray(Y) if not isinstance(Y, torch.Tensor) else Y).cpu(),
+        )

@@ -1,0 +1,358 @@
+"""The paper's networks as scikit-learn style regressors (PAPER.md 2.1-2.2)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+from .._validation import check_choice, check_positive_int
+from ..models import ARCHS, BLOCKS, TRAINABLE, StackedNet, train_sgd
+from .base import BaseRegressor, squared_error, validation_split
+
+RECIPES = ("paper", "online", "layerwise")
+
+# Defaults per recipe; an explicit constructor argument overrides them.
+RECIPE_DEFAULTS = {
+    # SGD, momentum 0.9, batch 50, lr / 10 at half of the epochs (PAPER.md 2.2). lr and weight
+    # decay: one point of the paper's {1, 2, 5} x 10^-j grid that trains the parity instances.
+    "paper": {
+        "lr": 0.05,
+        "weight_decay": 5e-3,
+        "momentum": 0.9,
+        "batch_size": 50,
+        "epochs": 800,
+        "lr_drop": 0.5,
+    },
+    # Online SGD: batch 1, each sample used once (a fresh sample per step), no momentum or
+    # weight decay, constant step; increments from zero (bottleneck block) by default.
+    "online": {
+        "lr": 0.01,
+        "weight_decay": 0.0,
+        "momentum": 0.0,
+        "batch_size": 1,
+        "epochs": 1,
+        "lr_drop": None,
+    },
+    # Layer-wise: first layer for half the epochs, then it is frozen and the second block
+    # trains for the other half, each phase with the paper's schedule.
+    "layerwise": {
+        "lr": 0.05,
+        "weight_decay": 5e-3,
+        "momentum": 0.9,
+        "batch_size": 50,
+        "epochs": 800,
+        "lr_drop": 0.5,
+    },
+}
+
+# The paper's hyperparameter grid {1, 2, 5} x 10^-j, restricted to a useful range.
+PAPER_GRID = {
+    "lr": [0.01, 0.02, 0.05, 0.1],
+    "weight_decay": [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2],
+}
+
+
+class ResNetRegressor(BaseRegressor):
+    """A small ReLU network (3resnet, 3layer or 2layer) trained by SGD on the squared loss.
+
+    The readout A stays at its random init unless ``trainable`` includes it: ``"hidden"`` trains
+    W and U (or V), the paper's default; ``"last"`` trains A only (random features of the
+    network, a kernel method); ``"all"`` trains everything.
+
+    Hyperparameters: with ``param_grid`` (a dict of lists for ``lr`` and ``weight_decay``, or
+    ``"paper"`` for the paper's grid) every combination is trained at once as one stacked
+    ensemble, and the best one is chosen on ``selection``: ``"validation"`` (default) holds out
+    ``validation_fraction`` of the training set and refits the winner on all of it; ``"test"``
+    reproduces the paper's practice and chooses on the data passed to ``fit`` as
+    ``X_select, Y_select`` (the sweep passes the test set and records that it did).
+
+    Parameters
+    ----------
+    arch : {"3resnet", "3layer", "2layer"}, default "3resnet"
+    width : int, default 256
+        Hidden width m.
+    trainable : {"hidden", "last", "all"}, default "hidden"
+    recipe : {"paper", "online", "layerwise"}, default "paper"
+        Training recipe (PAPER.md 2.2); fixes the defaults of the SGD arguments left as None.
+    block : {"full", "bottleneck"}, optional
+        Second block of the 3resnet; default "bottleneck" for the online recipe, else "full".
+    lr, weight_decay, momentum, batch_size, epochs, lr_drop : optional
+        SGD settings; None takes the recipe's default (paper: 0.05, 5e-3, 0.9, 50, 800, 0.5).
+        ``lr_drop`` is the fraction of epochs after which the learning rate is divided by 10.
+    lr_second : float, optional
+        Separate learning rate for the second block (U or V), as the theory recipe uses.
+    param_grid : dict or "paper", optional
+        Grid of ``lr`` and ``weight_decay`` values searched as one ensemble.
+    selection : {"validation", "test"}, default "validation"
+    validation_fraction : float, default 0.2
+    dtype : torch.dtype, default torch.float32
+    device : str or torch.device, optional
+    random_state : int, default 0
+        Seed of the init, the mini-batch order and the validation split.
+    verbose : bool, default False
+        Progress bar over epochs.
+
+    Attributes
+    ----------
+    net_ : StackedNet
+        The fitted network (one member).
+    hparams_ : dict
+        Chosen hyperparameters and, after a search, the validation (or selection) error.
+    loss_history_ : list of float
+        Training loss per epoch of the final fit.
+    search_results_ : list of dict
+        Every grid point with its selection error (after a search).
+    """
+
+    def __init__(
+        self,
+        arch: str = "3resnet",
+        width: int = 256,
+        trainable: str = "hidden",
+        recipe: str = "paper",
+        block: str | None = None,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        momentum: float | None = None,
+        batch_size: int | None = None,
+        epochs: int | None = None,
+        lr_drop: float | None = None,
+        lr_second: float | None = None,
+        param_grid=None,
+        selection: str = "validation",
+        validation_fraction: float = 0.2,
+        dtype=torch.float32,
+        device=None,
+        random_state: int = 0,
+        verbose: bool = False,
+    ):
+        self.arch = arch
+        self.width = width
+        self.trainable = trainable
+        self.recipe = recipe
+        self.block = block
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.momentum = momentum
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.lr_drop = lr_drop
+        self.lr_second = lr_second
+        self.param_grid = param_grid
+        self.selection = selection
+        self.validation_fraction = validation_fraction
+        self.dtype = dtype
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- configuration ------------------------------------------------------------------------
+    def _settings(self) -> dict:
+        where = "ResNetRegressor"
+        check_choice(self.arch, ARCHS, name="arch", where=where)
+        check_positive_int(self.width, name="width", where=where)
+        check_choice(self.trainable, TRAINABLE, name="trainable", where=where)
+        check_choice(self.recipe, RECIPES, name="recipe", where=where)
+        check_choice(self.selection, ("validation", "test"), name="selection", where=where)
+        if self.block is not None:
+            check_choice(self.block, BLOCKS, name="block", where=where)
+        s = dict(RECIPE_DEFAULTS[self.recipe])
+        for key in s:
+            if getattr(self, key) is not None:
+                s[key] = getattr(self, key)
+        for key in ("lr", "momentum", "weight_decay"):
+            v = s[key]
+            if (
+                not isinstance(v, (int, float))
+                or not math.isfinite(v)
+                or v < 0
+                or (key == "lr" and v == 0)
+            ):
+                raise ValueError(
+                    f"{where}: {key} must be a finite number "
+                    f"{'> 0' if key == 'lr' else '>= 0'}, got {v!r}"
+                )
+        check_positive_int(s["batch_size"], name="batch_size", where=where)
+        check_positive_int(s["epochs"], name="epochs", where=where)
+        if s["lr_drop"] is not None and not 0 < s["lr_drop"] <= 1:
+            raise ValueError(f"{where}: lr_drop must be in (0, 1] or None, got {s['lr_drop']!r}")
+        if self.lr_second is not None and not (
+            isinstance(self.lr_second, (int, float)) and self.lr_second > 0
+        ):
+            raise ValueError(f"{where}: lr_second must be a number > 0, got {self.lr_second!r}")
+        block = self.block or (
+            "bottleneck" if self.recipe == "online" and self.arch == "3resnet" else "full"
+        )
+        if block == "bottleneck" and self.arch != "3resnet":
+            raise ValueError(f"{where}: block='bottleneck' needs arch='3resnet', got {self.arch!r}")
+        if self.recipe == "layerwise" and (self.arch == "2layer" or self.trainable != "hidden"):
+            raise ValueError(
+                f"{where}: recipe='layerwise' needs a 3-layer arch and trainable='hidden'"
+            )
+        s["block"] = block
+        s["grid"] = self._grid(s)
+        return s
+
+    def _grid(self, s: dict) -> list[tuple[float, float]]:
+        grid = self.param_grid
+        if grid is None:
+            return [(float(s["lr"]), float(s["weight_decay"]))]
+        if grid == "paper":
+            grid = PAPER_GRID
+        if not isinstance(grid, dict) or set(grid) - {"lr", "weight_decay"}:
+            raise ValueError(
+                "ResNetRegressor: param_grid must be 'paper' or a dict with keys 'lr' and/or "
+                f"'weight_decay', got {grid!r}"
+            )
+        lrs = grid.get("lr", [s["lr"]])
+        wds = grid.get("weight_decay", [s["weight_decay"]])
+        for name, vals in (("lr", lrs), ("weight_decay", wds)):
+            if (
+                not vals
+                or any(not isinstance(v, (int, float)) or v < 0 for v in vals)
+                or (name == "lr" and 0 in vals)
+            ):
+                raise ValueError(
+                    f"ResNetRegressor: param_grid[{name!r}] must be a non-empty list of "
+                    f"numbers, got {vals!r}"
+                )
+        return [(float(a), float(b)) for a, b in itertools.product(lrs, wds)]
+
+    # -- training -----------------------------------------------------------------------------
+    def _train(self, s, X, Y, grid, seed) -> tuple[StackedNet, list[float]]:
+        g = torch.Generator().manual_seed(int(seed))
+        net = StackedNet(
+            self.arch,
+            X.shape[1],
+            self.width,
+            Y.shape[1],
+            n_models=len(grid),
+            block=s["block"],
+            generator=g,
+            dtype=self.dtype,
+            device=X.device,
+        )
+        names = net.parameter_names(self.trainable)
+        epochs = s["epochs"]
+        if self.recipe == "layerwise":
+            first = [n for n in names if n in ("W", "b1")]
+            second = [n for n in names if n not in first]
+            params, epochs = [first, second], [max(1, epochs // 2), max(1, epochs - epochs // 2)]
+        else:
+            params = names
+        lr_scale = {}
+        if self.lr_second is not None:
+            second_lr = self.lr_second
+            lr_scale = {
+                n: second_lr / grid_lr for n in ("U", "b2", "V") for grid_lr in [grid[0][0]]
+            }
+            if len({lr for lr, _ in grid}) > 1:
+                raise ValueError("ResNetRegressor: lr_second cannot be combined with an lr grid")
+        history = train_sgd(
+            net,
+            X,
+            Y,
+            params=params,
+            lr=torch.tensor([lr for lr, _ in grid]),
+            weight_decay=torch.tensor([wd for _, wd in grid]),
+            momentum=s["momentum"],
+            batch_size=s["batch_size"],
+            epochs=epochs,
+            lr_drop=s["lr_drop"],
+            lr_scale=lr_scale,
+            generator=g,
+            progress=self.verbose,
+            desc=f"{self.arch} ({self.trainable})",
+        )
+        return net, history
+
+    @staticmethod
+    def _member_errors(net, X, Y) -> list[float]:
+        with torch.no_grad():
+            out = net(X)
+        return [squared_error(out[e], Y) for e in range(net.n_models)]
+
+    def fit(self, X, Y, X_select=None, Y_select=None) -> ResNetRegressor:
+        """Train on X (N, d), Y (N,) or (N, k); returns self.
+
+        ``X_select, Y_select`` are used only with ``selection="test"`` and a ``param_grid``.
+        """
+        s = self._settings()
+        X, Y = self._check_fit_input(X, Y, dtype=self.dtype, device=self.device)
+        grid = s["grid"]
+        seed = self.random_state
+        self.search_results_ = []
+        hp = {
+            "arch": self.arch,
+            "width": self.width,
+            "trainable": self.trainable,
+            "recipe": self.recipe,
+            "block": s["block"],
+            "epochs": s["epochs"],
+            "batch_size": s["batch_size"],
+            "momentum": s["momentum"],
+        }
+        if len(grid) == 1:
+            net, history = self._train(s, X, Y, grid, seed)
+            chosen = grid[0]
+        elif self.selection == "validation":
+            idx_tr, idx_val = validation_split(len(X), self.validation_fraction, seed)
+            net, _ = self._train(s, X[idx_tr], Y[idx_tr], grid, seed)
+            errs = self._member_errors(net, X[idx_val], Y[idx_val])
+            best = min(range(len(grid)), key=errs.__getitem__)
+            chosen = grid[best]
+            net, history = self._train(s, X, Y, [chosen], seed)
+            hp["val_error"] = errs[best]
+        else:
+            if X_select is None or Y_select is None:
+                raise ValueError(
+                    "ResNetRegressor.fit: selection='test' needs X_select and Y_select"
+                )
+            Xs = self._check_predict_input(X_select, dtype=self.dtype, device=X.device)
+            Ys = torch.as_tensor(Y_select, dtype=self.dtype, device=X.device).reshape(len(Xs), -1)
+            net, history = self._train(s, X, Y, grid, seed)
+            errs = self._member_errors(net, Xs, Ys)
+            best = min(range(len(grid)), key=errs.__getitem__)
+            chosen = grid[best]
+            net = _select_member(net, best)
+            hp["selection_error"] = errs[best]
+        if len(grid) > 1:
+            self.search_results_ = [
+                {"lr": lr, "weight_decay": wd, "error": e} for (lr, wd), e in zip(grid, errs)
+            ]
+        hp.update(
+            lr=chosen[0],
+            weight_decay=chosen[1],
+            selection=self.selection if len(grid) > 1 else "fixed",
+        )
+        if self.lr_second is not None:
+            hp["lr_second"] = self.lr_second
+        self.net_, self.loss_history_, self.hparams_ = net, history, hp
+        return self
+
+    def predict(self, X):
+        """Predictions for X (n, d): shape (n, k), or (n,) when fitted on 1-D Y."""
+        X_t = self._check_predict_input(X, dtype=self.dtype, device=self.net_.A.device)
+        with torch.no_grad():
+            pred = self.net_(X_t)[0]
+        return self._format_output(pred, X)
+
+
+def _select_member(net: StackedNet, e: int) -> StackedNet:
+    """A one-member StackedNet holding member ``e`` of ``net``."""
+    one = StackedNet(
+        net.arch,
+        net.in_features,
+        net.width,
+        net.out_features,
+        n_models=1,
+        block=net.block,
+        dtype=net.A.dtype,
+        device=net.A.device,
+    )
+    with torch.no_grad():
+        for name, t in itertools.chain(net.named_parameters(), net.named_buffers()):
+            getattr(one, name).copy_(t[e : e + 1])
+    return one

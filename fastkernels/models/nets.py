@@ -1,0 +1,202 @@
+"""The paper's small ReLU networks (PAPER.md 2.1), E independent copies stacked on one axis.
+
+Stacking lets a sweep train many seeds or learning rates in one pass: every weight has a leading
+ensemble axis E and the forward pass is a batched matrix product, so E small networks cost far
+fewer kernel launches and Python steps than E separate ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .._validation import check_choice, check_positive_int
+
+ARCHS = ("3resnet", "3layer", "2layer")
+BLOCKS = ("full", "bottleneck")
+TRAINABLE = ("hidden", "last", "all")
+
+
+@dataclass
+class Layer:
+    """One affine layer as seen by the NTK: its parameters and their init variances.
+
+    ``weight`` multiplies the layer input, ``bias`` (optional) is added; ``var_weight`` and
+    ``var_bias`` are the init variances used by the NTK parameterisation.
+    """
+
+    weight: str
+    bias: str | None
+    var_weight: float
+    var_bias: float
+    readout: bool = False
+
+
+@dataclass
+class Tap:
+    """A layer's input (E, B, fan_in) and its pre-activation output (E, B, fan_out)."""
+
+    layer: Layer
+    input: torch.Tensor
+    preact: torch.Tensor
+
+
+class StackedNet(nn.Module):
+    """E independent ReLU networks of one architecture with stacked parameters.
+
+    Architectures (sigma = ReLU, width m, readout A):
+
+    - ``"3resnet"``: h1 = sigma(W x + b1), h2 = sigma(U h1 + b2), out = A (h1 + h2).
+      With ``block="bottleneck"`` (the theorem's variant) the second block reads
+      out1 = A h1 and a constant 1: h2 = sigma((V0 + V) [A h1; 1]), and the trained parameters are
+      increments W, V that start at zero on top of random W0, V0.
+    - ``"3layer"``: out = A sigma(U sigma(W x + b1) + b2).
+    - ``"2layer"``: out = A sigma(W x + b1).
+
+    Init (the paper's experiments): W ~ N(0, 1/d); U, V, A and every bias ~ N(0, 1/m). A is not
+    trained unless ``trainable`` includes it.
+
+    Parameters
+    ----------
+    arch : {"3resnet", "3layer", "2layer"}
+    in_features : int
+        Input dimension d.
+    width : int
+        Hidden width m.
+    out_features : int
+        Output dimension k.
+    n_models : int, default 1
+        Ensemble size E.
+    block : {"full", "bottleneck"}
+        Second block of the 3resnet (ignored by other architectures).
+    generator : torch.Generator, optional
+        Source of the random init (CPU generator; parameters are then moved to ``device``).
+    dtype, device
+        Parameter dtype and device.
+    """
+
+    def __init__(
+        self,
+        arch: str = "3resnet",
+        in_features: int = 30,
+        width: int = 256,
+        out_features: int = 1,
+        n_models: int = 1,
+        block: str = "full",
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ):
+        super().__init__()
+        where = "StackedNet"
+        self.arch = check_choice(arch, ARCHS, name="arch", where=where)
+        self.block = check_choice(block, BLOCKS, name="block", where=where)
+        if self.block == "bottleneck" and self.arch != "3resnet":
+            raise ValueError(f"{where}: block='bottleneck' needs arch='3resnet', got arch={arch!r}")
+        d = self.in_features = check_positive_int(in_features, name="in_features", where=where)
+        m = self.width = check_positive_int(width, name="width", where=where)
+        k = self.out_features = check_positive_int(out_features, name="out_features", where=where)
+        E = self.n_models = check_positive_int(n_models, name="n_models", where=where)
+
+        def normal(*shape, var):
+            t = torch.randn(*shape, generator=generator, dtype=torch.float64) * math.sqrt(var)
+            return t.to(dtype=dtype, device=device)
+
+        # Draw in a fixed order so that the init depends only on the generator state.
+        W0 = normal(E, m, d, var=1.0 / d)
+        b1 = normal(E, m, var=1.0 / m)
+        layers = []
+        if self.block == "bottleneck":
+            self.register_buffer("W0", W0)
+            self.W = nn.Parameter(torch.zeros_like(W0))
+        else:
+            self.W = nn.Parameter(W0)
+        self.b1 = nn.Parameter(b1)
+        layers.append(Layer("W", "b1", 1.0 / d, 1.0 / m))
+        if self.arch in ("3resnet", "3layer"):
+            if self.block == "bottleneck":
+                self.register_buffer("V0", normal(E, m, k + 1, var=1.0 / m))
+                self.V = nn.Parameter(torch.zeros_like(self.V0))
+                layers.append(Layer("V", None, 1.0 / m, 0.0))
+            else:
+                self.U = nn.Parameter(normal(E, m, m, var=1.0 / m))
+                self.b2 = nn.Parameter(normal(E, m, var=1.0 / m))
+                layers.append(Layer("U", "b2", 1.0 / m, 1.0 / m))
+        self.A = nn.Parameter(normal(E, k, m, var=1.0 / m))
+        layers.append(Layer("A", None, 1.0 / m, 0.0, readout=True))
+        self.layers = layers
+
+    def parameter_names(self, trainable: str) -> list[str]:
+        """Names of the parameters in the trainable set ``"hidden"``, ``"last"`` or ``"all"``."""
+        check_choice(trainable, TRAINABLE, name="trainable", where="StackedNet")
+        names = []
+        for layer in self.layers:
+            if (trainable == "hidden" and layer.readout) or (
+                trainable == "last" and not layer.readout
+            ):
+                continue
+            names.append(layer.weight)
+            if layer.bias is not None:
+                names.append(layer.bias)
+        return names
+
+    def _weight(self, name: str) -> torch.Tensor:
+        if self.block == "bottleneck" and name in ("W", "V"):
+            return getattr(self, name + "0") + getattr(self, name)
+        return getattr(self, name)
+
+    def forward_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Tap]]:
+        """Forward pass that also returns each layer's input and pre-activation.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, d) (shared by all members) or (E, B, d)
+
+        Returns
+        -------
+        out : torch.Tensor, shape (E, B, k)
+        taps : list of Tap, one per layer in ``self.layers`` order
+        """
+        if x.dim() not in (2, 3) or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"StackedNet: x must be (B, {self.in_features}) or (E, B, {self.in_features}), "
+                f"got {tuple(x.shape)}"
+            )
+        if x.dim() == 2:
+            x = x.expand(self.n_models, *x.shape)
+        taps = []
+
+        def affine(layer: Layer, inp: torch.Tensor) -> torch.Tensor:
+            z = torch.matmul(inp, self._weight(layer.weight).transpose(-1, -2))
+            if layer.bias is not None:
+                z = z + getattr(self, layer.bias)[:, None, :]
+            taps.append(Tap(layer, inp, z))
+            return z
+
+        L = iter(self.layers)
+        h1 = torch.relu(affine(next(L), x))
+        if self.arch == "2layer":
+            h = h1
+        elif self.block == "bottleneck":
+            out1 = torch.matmul(h1, self.A.transpose(-1, -2))
+            ones = torch.ones_like(out1[..., :1])
+            h2 = torch.relu(affine(next(L), torch.cat([out1, ones], dim=-1)))
+            h = h1 + h2
+        else:
+            h2 = torch.relu(affine(next(L), h1))
+            h = h1 + h2 if self.arch == "3resnet" else h2
+        out = affine(next(L), h)
+        return out, taps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs (E, B, k) for x of shape (B, d) or (E, B, d)."""
+        return self.forward_taps(x)[0]
+
+    def extra_repr(self) -> str:
+        return (
+            f"arch={self.arch!r}, d={self.in_features}, width={self.width}, "
+            f"k={self.out_features}, n_models={self.n_models}, block={self.block!r}"
+        )
