@@ -1,0 +1,44 @@
+"""Sweeps: spec files and presets, the trial runner, the SQLite results store and reports.
+
+A sweep is learners x N x width x alpha x beta x seeds on one concept (:mod:`.spec`). Each trial
+has a stable key (sha256 of its config); :func:`run_sweep` stores one row per finished trial in a
+:class:`ResultsStore`, so an interrupted sweep resumes where it stopped; :func:`write_report`
+turns a store into ``report.md`` and plots.
+"""
+
+from .report import summary_table, write_report
+from .runner import SweepResult, TrialError, run_sweep, run_trial
+from .spec import (
+    LearnerSpec,
+    SpecError,
+    SweepSpec,
+    Trial,
+    expand,
+    list_presets,
+    load_spec,
+    parse_spec,
+    preset_names,
+    trial_key,
+)
+from .store import ResultsStore, StoreError
+
+__all__ = [
+    "SpecError",
+    "StoreError",
+    "TrialError",
+    "LearnerSpec",
+    "SweepSpec",
+    "Trial",
+    "SweepResult",
+    "ResultsStore",
+    "load_spec",
+    "parse_spec",
+    "preset_names",
+    "list_presets",
+    "expand",
+    "trial_key",
+    "run_trial",
+    "run_sweep",
+    "write_report",
+    "summary_table",
+]

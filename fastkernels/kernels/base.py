@@ -290,7 +290,7 @@ class Matern(_BandwidthKernel):
 
     name = "matern"
 
-    def __init__(self, nu: float = 1.5, gamma: float | None = 1.0):
+    def __init__(self, nu: float = 1.5, gamma: float | None = None):
         if isinstance(nu, bool) or nu not in F.MATERN_NUS:
             raise ValueError(f"Matern: nu must be one of {F.MATERN_NUS}, got {nu!r}")
         self.nu = float(nu)

@@ -66,7 +66,7 @@ def test_bandwidth_param():
 
 def test_make_kernel_builds_each_family():
     assert make_kernel("rbf", gamma=0.5) == RBF(0.5)
-    assert make_kernel("matern", nu=0.5) == Matern(nu=0.5, gamma=1.0)
+    assert make_kernel("matern", nu=0.5) == Matern(nu=0.5, gamma=None)
     assert make_kernel("polynomial").params() == {"degree": 3, "gamma": None, "coef0": 1.0}
     assert make_kernel("ntk", arch="mlp", depth=4, trainable="all") == NTK("mlp", 4, "all")
     assert make_kernel("linear") == Linear()

@@ -1,0 +1,8 @@
+"""``python -m fastkernels``: the same command as the ``fastkernels`` console script."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Runner: trial semantics, resume, failures leave only complete rows."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from fastkernels.concepts import make_concept
+from fastkernels.experiments import (
+    ResultsStore,
+    TrialError,
+    expand,
+    parse_spec,
+    run_sweep,
+    run_trial,
+)
+from fastkernels.experiments.spec import load_toml
+
+pytestmark = pytest.mark.usefixtures("fake_learners")
+
+
+def test_run_trial_errors_and_runner_params(base_toml):
+    spec = parse_spec(base_toml, "s.toml")
+    net = next(t for t in expand(spec) if t.label == "net" and t.seed == 1)
+    res = run_trial(net.config, "cpu")
+    # the runner passes random_state = seed and the device; hparams_ become plain JSON
+    assert res["hparams"] == {"width": net.width, "random_state": 1, "device": "cpu", "lr": 0.2}
+    assert res["k"] == 4 and res["threshold"] == pytest.approx(4 * 0.5**2)
+    assert res["wall_time_s"] > 0 and {"fastkernels", "torch", "python", "platform"} <= set(
+        res["versions"]
+    )
+
+    kern = next(t for t in expand(spec) if t.label == "kern" and t.seed == 1)
+    res = run_trial(kern.config, "cpu")
+    assert res["hparams"] == {}
+    # FakeKernel predicts 0: the error is E ||H(x)||^2 summed over the k outputs (no 1/2)
+    concept = make_concept("parity", d=8, k=4, alpha=0.5, seed=1)
+    _, Yt = concept.test_set(50)
+    X, Y = concept.sample(20)
+    assert res["test_error"] == pytest.approx(float(Yt.pow(2).sum(1).mean()))
+    assert res["train_error"] == pytest.approx(float(Y.pow(2).sum(1).mean()))
+    # parity outputs are +-1 +- alpha: each squared-sum is k (1 + alpha^2) +- cross terms
+    assert 2.0 < res["test_error"] < 8.0
+
+
+def test_run_sweep_resumes(base_toml, tmp_path, capsys):
+    spec = parse_spec(base_toml, "s.toml")
+    path = tmp_path / "r.db"
+    result = run_sweep(spec, path, progress=True)
+    assert (result.total, result.skipped, result.ran) == (12, 0, 12)
+    err = capsys.readouterr().err
+    assert "trial" in err and "kern N=40 seed=1" in err  # tqdm postfix names the trial
+    with ResultsStore(path) as st:
+        rows = st.rows()
+        assert sorted(r["key"] for r in rows) == sorted(t.key for t in expand(spec))
+        assert {r["sweep"] for r in rows} == {"t"}
+        result = run_sweep(spec, st, progress=False)
+        assert (result.total, result.skipped, result.ran) == (12, 12, 0)
+        assert len(st) == 12
+        assert st.sweeps()[0]["description"] == "a test sweep"
+    # adding a seed runs only the new trials
+    data = load_toml(base_toml)
+    data["sweep"]["seeds"] = [0, 1, 2]
+    result = run_sweep(parse_spec(data, "s.toml"), path, progress=False)
+    assert (result.total, result.skipped, result.ran) == (18, 12, 6)
+
+
+def test_failing_trial_stores_previous_rows_only(base_toml, tmp_path):
+    data = load_toml(base_toml)
+    data["learners"][0]["fail_n"] = 40  # the net fails at N = 40, after its N = 20 trials
+    spec = parse_spec(data, "s.toml")
+    path = tmp_path / "r.db"
+    with pytest.raises(TrialError) as info:
+        run_sweep(spec, path, progress=False)
+    msg = str(info.value)
+    assert "'net'" in msg and "N=40" in msg and "seed=0" in msg and "width=4" in msg
+    assert "ValueError" in msg and "\n" not in msg
+    assert isinstance(info.value.__cause__, ValueError)
+    with ResultsStore(path) as st:
+        rows = st.rows()
+    assert len(rows) == 4 and {r["n_train"] for r in rows} == {20}
+    assert {r["key"] for r in rows} == {t.key for t in expand(spec)[:4]}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="ray is installed")
+def test_ray_missing_is_a_clear_error(base_toml, tmp_path):
+    spec = parse_spec(base_toml, "s.toml")
+    with pytest.raises(ImportError, match="executor 'ray' needs the 'ray' package"):
+        run_sweep(spec, tmp_path / "r.db", executor="ray", progress=False)
+    assert not (tmp_path / "r.db").exists()  # raised before anything was created
+
+
+def test_bad_executor_and_device(base_toml, tmp_path):
+    spec = parse_spec(base_toml, "s.toml")
+    with pytest.raises(ValueError, match="unknown executor"):
+        run_sweep(spec, tmp_path / "r.db", executor="dask")
+    with pytest.raises(ValueError, match="unknown device|unsupported device"):
+        run_sweep(spec, tmp_path / "r.db", device="tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            run_sweep(spec, tmp_path / "r.db", device="cuda")
+    assert not (tmp_path / "r.db").exists()
