@@ -19,7 +19,21 @@ __all__ = [
     "check_positive_float",
     "check_nonnegative_float",
     "check_choice",
+    "resolve_dtype",
 ]
+
+
+def resolve_dtype(value, *, name: str = "dtype", where: str) -> torch.dtype:
+    """torch.float32 / torch.float64, also from the strings "float32" / "float64" (TOML files)."""
+    table = {"float32": torch.float32, "float64": torch.float64}
+    if isinstance(value, str) and value in table:
+        return table[value]
+    if value in (torch.float32, torch.float64):
+        return value
+    raise ValueError(
+        f"{where}: {name} must be torch.float32, torch.float64, 'float32' or 'float64', "
+        f"got {value!r}"
+    )
 
 
 def as_float_tensor(

@@ -464,6 +464,14 @@ def _parse_learner(v: _Validator, i: int, entry) -> LearnerSpec:
                 unknown=True,
             )
         v.jsonable(val, where, key)
+    # Build the estimator once and let it check its own parameter values, so that a bad value
+    # (lr <= 0, an unknown arch, ...) is reported now rather than halfway through a sweep.
+    try:
+        est = learners_mod.make_learner(type_name, **params)
+        if hasattr(est, "check_params"):
+            est.check_params()
+    except (ValueError, TypeError) as exc:
+        raise SpecError(f"{v.source}: {where}: {_one_line(str(exc))}") from None
     return LearnerSpec(
         label=label,
         type=type_name,

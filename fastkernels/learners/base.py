@@ -95,14 +95,23 @@ class BaseRegressor:
         return pred
 
     # -- scores -------------------------------------------------------------------------------
+    def _prediction_and_target(self, X, Y, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+        pred = torch.as_tensor(self.predict(X)).detach().to("cpu", torch.float64)
+        pred = pred[:, None] if pred.dim() == 1 else pred
+        Y_t = as_float_tensor(
+            Y, name="Y", where=f"{type(self).__name__}.{where}", ndim=(1, 2), dtype=torch.float64
+        ).cpu()
+        Y_t = Y_t[:, None] if Y_t.dim() == 1 else Y_t
+        if Y_t.shape != pred.shape:
+            raise ValueError(
+                f"{type(self).__name__}.{where}: Y must have shape {tuple(pred.shape)} "
+                f"(or ({pred.shape[0]},) for one output), got {tuple(Y_t.shape)}"
+            )
+        return pred, Y_t
+
     def score(self, X, Y) -> float:
         """Coefficient of determination R^2, averaged uniformly over outputs (as scikit-learn)."""
-        pred = torch.as_tensor(self.predict(X), dtype=torch.float64)
-        Y_t = torch.as_tensor(np.asarray(Y) if not isinstance(Y, torch.Tensor) else Y)
-        Y_t = Y_t.to(torch.float64).reshape(pred.shape).cpu()
-        pred = pred.cpu()
-        if pred.dim() == 1:
-            pred, Y_t = pred[:, None], Y_t[:, None]
+        pred, Y_t = self._prediction_and_target(X, Y, "score")
         ss_res = (Y_t - pred).pow(2).sum(dim=0)
         ss_tot = (Y_t - Y_t.mean(dim=0)).pow(2).sum(dim=0)
         r2 = torch.where(
@@ -112,8 +121,5 @@ class BaseRegressor:
 
     def test_error(self, X, Y) -> float:
         """The paper's error: mean over samples of the squared error summed over outputs."""
-        pred = torch.as_tensor(self.predict(X))
-        return squared_error(
-            pred.cpu(),
-            torch.as_tensor(np.asarray(Y) if not isinstance(Y, torch.Tensor) else Y).cpu(),
-        )
+        pred, Y_t = self._prediction_and_target(X, Y, "test_error")
+        return squared_error(pred, Y_t)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .._validation import check_choice, check_nonnegative_float
+from .._validation import check_nonnegative_float, resolve_dtype
 from ..solvers import cholesky
 from .base import BaseRegressor, squared_error, validation_split
 
@@ -116,7 +116,8 @@ class KernelRidge(BaseRegressor):
         self.device = device
         self.random_state = random_state
 
-    def _check_params(self):
+    def check_params(self):
+        """Check the constructor arguments (raises ValueError/TypeError naming the bad one)."""
         where = "KernelRidge"
         if self.ridge != "auto":
             check_nonnegative_float(self.ridge, name="ridge", where=where)
@@ -126,7 +127,9 @@ class KernelRidge(BaseRegressor):
                 raise ValueError(
                     f"{where}: {name} must be a non-empty list of numbers > 0, got {grid!r}"
                 )
-        check_choice(self.dtype, (torch.float32, torch.float64), name="dtype", where=where)
+        resolve_dtype(self.dtype, where=where)
+        if isinstance(self.kernel, str):
+            resolve_kernel(self.kernel, self.kernel_params, where)
         if not 0 < self.validation_fraction < 1:
             raise ValueError(
                 f"{where}: validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
@@ -142,9 +145,10 @@ class KernelRidge(BaseRegressor):
 
     def fit(self, X, Y) -> KernelRidge:
         """Fit on X (N, D) and Y (N,) or (N, k); returns self."""
-        self._check_params()
+        self.check_params()
         base = resolve_kernel(self.kernel, self.kernel_params, "KernelRidge")
-        X, Y = self._check_fit_input(X, Y, dtype=self.dtype, device=self.device)
+        dtype = resolve_dtype(self.dtype, where="KernelRidge")
+        X, Y = self._check_fit_input(X, Y, dtype=dtype, device=self.device)
         candidates = self._candidate_kernels(base, X)
         search = self.ridge == "auto" or len(candidates) > 1
         self.validation_errors_ = []
@@ -153,7 +157,7 @@ class KernelRidge(BaseRegressor):
         else:
             kernel, ridge, val_error = candidates[0], float(self.ridge), None
         K = kernel(X, X)
-        self.dual_coef_ = cholesky(K, Y, ridge, dtype=self.dtype)
+        self.dual_coef_ = cholesky(K, Y, ridge, dtype=dtype)
         self.kernel_, self.ridge_, self.X_fit_ = kernel, ridge, X
         self.hparams_ = {"kernel": kernel.name, **_jsonable(kernel.params()), "ridge": ridge}
         if val_error is not None:
@@ -174,7 +178,7 @@ class KernelRidge(BaseRegressor):
                 else [float(self.ridge)]
             )
             for ridge in ridges:
-                C = cholesky(K_tr, Ytr, ridge, dtype=self.dtype)
+                C = cholesky(K_tr, Ytr, ridge, dtype=X.dtype)
                 err = squared_error(K_val @ C, Yval)
                 self.validation_errors_.append(
                     {**_jsonable(kernel.params()), "ridge": ridge, "val_error": err}
@@ -185,6 +189,7 @@ class KernelRidge(BaseRegressor):
 
     def predict(self, X):
         """Predictions for X (n, D): shape (n, k), or (n,) when fitted on 1-D Y."""
+        self._check_is_fitted("predict")
         X_t = self._check_predict_input(X, dtype=self.X_fit_.dtype, device=self.X_fit_.device)
         pred = self.kernel_.mv(X_t, self.X_fit_, self.dual_coef_)
         return self._format_output(pred, X)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .._validation import check_choice, check_positive_int
+from .._validation import check_choice, check_positive_int, resolve_dtype
 from ..models import ARCHS, BLOCKS, TRAINABLE, StackedNet
 from ..ntk.empirical import SCALINGS
 from ..ntk.kernel import EmpiricalNTK
@@ -76,8 +76,8 @@ class NTKRegressor(BaseRegressor):
         self.device = device
         self.random_state = random_state
 
-    def fit(self, X, Y) -> NTKRegressor:
-        """Fit on X (N, d), Y (N,) or (N, k); returns self."""
+    def check_params(self):
+        """Check the constructor arguments (raises ValueError naming the bad one)."""
         where = "NTKRegressor"
         check_choice(self.arch, ARCHS, name="arch", where=where)
         check_positive_int(self.width, name="width", where=where)
@@ -86,7 +86,19 @@ class NTKRegressor(BaseRegressor):
         check_choice(self.scaling, SCALINGS, name="scaling", where=where)
         if self.block == "bottleneck" and self.trainable != "hidden":
             raise ValueError(f"{where}: block='bottleneck' supports trainable='hidden' only")
-        X, Y = self._check_fit_input(X, Y, dtype=self.dtype, device=self.device)
+        resolve_dtype(self.dtype, where=where)
+        KernelRidge(
+            kernel="linear",
+            ridge=self.ridge,
+            ridge_grid=self.ridge_grid,
+            validation_fraction=self.validation_fraction,
+        ).check_params()
+
+    def fit(self, X, Y) -> NTKRegressor:
+        """Fit on X (N, d), Y (N,) or (N, k); returns self."""
+        self.check_params()
+        dtype = resolve_dtype(self.dtype, where="NTKRegressor")
+        X, Y = self._check_fit_input(X, Y, dtype=dtype, device=self.device)
         g = torch.Generator().manual_seed(int(self.random_state))
         self.net_ = StackedNet(
             self.arch,
@@ -95,7 +107,7 @@ class NTKRegressor(BaseRegressor):
             Y.shape[1],
             block=self.block,
             generator=g,
-            dtype=self.dtype,
+            dtype=dtype,
             device=X.device,
         )
         self.kernel_ = EmpiricalNTK(self.net_, self.trainable, self.scaling)
@@ -104,7 +116,7 @@ class NTKRegressor(BaseRegressor):
             ridge=self.ridge,
             ridge_grid=self.ridge_grid,
             validation_fraction=self.validation_fraction,
-            dtype=self.dtype,
+            dtype=dtype,
             device=X.device,
             random_state=self.random_state,
         ).fit(X, Y)
@@ -113,7 +125,8 @@ class NTKRegressor(BaseRegressor):
 
     def predict(self, X):
         """Predictions for X (n, d): shape (n, k), or (n,) when fitted on 1-D Y."""
-        X_t = self._check_predict_input(X, dtype=self.dtype, device=self.net_.A.device)
+        self._check_is_fitted("predict")
+        X_t = self._check_predict_input(X, dtype=self.net_.A.dtype, device=self.net_.A.device)
         pred = self.krr_.predict(X_t)
         if pred.dim() == 1:
             pred = pred[:, None]

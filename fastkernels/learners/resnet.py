@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .._validation import check_choice, check_positive_int
+from .._validation import check_choice, check_positive_int, check_xy, resolve_dtype
 from ..models import ARCHS, BLOCKS, TRAINABLE, StackedNet, train_sgd
 from .base import BaseRegressor, squared_error, validation_split
 
@@ -83,6 +83,10 @@ class ResNetRegressor(BaseRegressor):
         ``lr_drop`` is the fraction of epochs after which the learning rate is divided by 10.
     lr_second : float, optional
         Separate learning rate for the second block (U or V), as the theory recipe uses.
+    lr_readout : float, optional
+        Learning rate of the readout A when it is trained (``"last"``, ``"all"``); default
+        ``min(lr, 1 / width)``: the readout's curvature grows like the width and SGD at the
+        hidden layers' step size diverges on it.
     param_grid : dict or "paper", optional
         Grid of ``lr`` and ``weight_decay`` values searched as one ensemble.
     selection : {"validation", "test"}, default "validation"
@@ -120,6 +124,7 @@ class ResNetRegressor(BaseRegressor):
         epochs: int | None = None,
         lr_drop: float | None = None,
         lr_second: float | None = None,
+        lr_readout: float | None = None,
         param_grid=None,
         selection: str = "validation",
         validation_fraction: float = 0.2,
@@ -140,6 +145,7 @@ class ResNetRegressor(BaseRegressor):
         self.epochs = epochs
         self.lr_drop = lr_drop
         self.lr_second = lr_second
+        self.lr_readout = lr_readout
         self.param_grid = param_grid
         self.selection = selection
         self.validation_fraction = validation_fraction
@@ -149,6 +155,10 @@ class ResNetRegressor(BaseRegressor):
         self.verbose = verbose
 
     # -- configuration ------------------------------------------------------------------------
+    def check_params(self):
+        """Check the constructor arguments (raises ValueError naming the bad one)."""
+        self._settings()
+
     def _settings(self) -> dict:
         where = "ResNetRegressor"
         check_choice(self.arch, ARCHS, name="arch", where=where)
@@ -178,10 +188,12 @@ class ResNetRegressor(BaseRegressor):
         check_positive_int(s["epochs"], name="epochs", where=where)
         if s["lr_drop"] is not None and not 0 < s["lr_drop"] <= 1:
             raise ValueError(f"{where}: lr_drop must be in (0, 1] or None, got {s['lr_drop']!r}")
-        if self.lr_second is not None and not (
-            isinstance(self.lr_second, (int, float)) and self.lr_second > 0
-        ):
-            raise ValueError(f"{where}: lr_second must be a number > 0, got {self.lr_second!r}")
+        for key in ("lr_second", "lr_readout"):
+            v = getattr(self, key)
+            if v is not None and not (
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
+            ):
+                raise ValueError(f"{where}: {key} must be a finite number > 0, got {v!r}")
         block = self.block or (
             "bottleneck" if self.recipe == "online" and self.arch == "3resnet" else "full"
         )
@@ -193,6 +205,7 @@ class ResNetRegressor(BaseRegressor):
             )
         s["block"] = block
         s["grid"] = self._grid(s)
+        s["dtype"] = resolve_dtype(self.dtype, where=where)
         return s
 
     def _grid(self, s: dict) -> list[tuple[float, float]]:
@@ -231,7 +244,7 @@ class ResNetRegressor(BaseRegressor):
             n_models=len(grid),
             block=s["block"],
             generator=g,
-            dtype=self.dtype,
+            dtype=s["dtype"],
             device=X.device,
         )
         names = net.parameter_names(self.trainable)
@@ -242,21 +255,22 @@ class ResNetRegressor(BaseRegressor):
             params, epochs = [first, second], [max(1, epochs // 2), max(1, epochs - epochs // 2)]
         else:
             params = names
+        lrs = torch.tensor([lr for lr, _ in grid], dtype=torch.float64)
         lr_scale = {}
         if self.lr_second is not None:
-            second_lr = self.lr_second
-            lr_scale = {
-                n: second_lr / grid_lr for n in ("U", "b2", "V") for grid_lr in [grid[0][0]]
-            }
-            if len({lr for lr, _ in grid}) > 1:
-                raise ValueError("ResNetRegressor: lr_second cannot be combined with an lr grid")
+            for n in ("U", "b2", "V"):
+                lr_scale[n] = float(self.lr_second) / lrs
+        # The readout's curvature grows like the width (its inputs are m non-negative ReLU
+        # features), so SGD at the hidden layers' step diverges on A: its step is capped.
+        readout_lr = self.lr_readout if self.lr_readout is not None else 1.0 / self.width
+        lr_scale["A"] = (readout_lr / lrs).clamp(max=1.0)
         history = train_sgd(
             net,
             X,
             Y,
             params=params,
-            lr=torch.tensor([lr for lr, _ in grid]),
-            weight_decay=torch.tensor([wd for _, wd in grid]),
+            lr=lrs,
+            weight_decay=[wd for _, wd in grid],
             momentum=s["momentum"],
             batch_size=s["batch_size"],
             epochs=epochs,
@@ -280,7 +294,7 @@ class ResNetRegressor(BaseRegressor):
         ``X_select, Y_select`` are used only with ``selection="test"`` and a ``param_grid``.
         """
         s = self._settings()
-        X, Y = self._check_fit_input(X, Y, dtype=self.dtype, device=self.device)
+        X, Y = self._check_fit_input(X, Y, dtype=s["dtype"], device=self.device)
         grid = s["grid"]
         seed = self.random_state
         self.search_results_ = []
@@ -301,7 +315,7 @@ class ResNetRegressor(BaseRegressor):
             idx_tr, idx_val = validation_split(len(X), self.validation_fraction, seed)
             net, _ = self._train(s, X[idx_tr], Y[idx_tr], grid, seed)
             errs = self._member_errors(net, X[idx_val], Y[idx_val])
-            best = min(range(len(grid)), key=errs.__getitem__)
+            best = _argmin(errs)
             chosen = grid[best]
             net, history = self._train(s, X, Y, [chosen], seed)
             hp["val_error"] = errs[best]
@@ -310,11 +324,22 @@ class ResNetRegressor(BaseRegressor):
                 raise ValueError(
                     "ResNetRegressor.fit: selection='test' needs X_select and Y_select"
                 )
-            Xs = self._check_predict_input(X_select, dtype=self.dtype, device=X.device)
-            Ys = torch.as_tensor(Y_select, dtype=self.dtype, device=X.device).reshape(len(Xs), -1)
+            Xs, Ys = check_xy(
+                X_select,
+                Y_select,
+                where="ResNetRegressor.fit (X_select, Y_select)",
+                dtype=X.dtype,
+                device=X.device,
+            )
+            if Xs.shape[1] != X.shape[1] or Ys.shape[1] != Y.shape[1]:
+                raise ValueError(
+                    "ResNetRegressor.fit: X_select, Y_select must have the shapes of X, Y "
+                    f"(n, {X.shape[1]}), (n, {Y.shape[1]}); "
+                    f"got {tuple(Xs.shape)}, {tuple(Ys.shape)}"
+                )
             net, history = self._train(s, X, Y, grid, seed)
             errs = self._member_errors(net, Xs, Ys)
-            best = min(range(len(grid)), key=errs.__getitem__)
+            best = _argmin(errs)
             chosen = grid[best]
             net = _select_member(net, best)
             hp["selection_error"] = errs[best]
@@ -329,15 +354,25 @@ class ResNetRegressor(BaseRegressor):
         )
         if self.lr_second is not None:
             hp["lr_second"] = self.lr_second
+        if self.trainable != "hidden":
+            readout = self.lr_readout if self.lr_readout is not None else 1.0 / self.width
+            hp["lr_readout"] = min(chosen[0], readout)
         self.net_, self.loss_history_, self.hparams_ = net, history, hp
         return self
 
     def predict(self, X):
         """Predictions for X (n, d): shape (n, k), or (n,) when fitted on 1-D Y."""
-        X_t = self._check_predict_input(X, dtype=self.dtype, device=self.net_.A.device)
+        self._check_is_fitted("predict")
+        X_t = self._check_predict_input(X, dtype=self.net_.A.dtype, device=self.net_.A.device)
         with torch.no_grad():
             pred = self.net_(X_t)[0]
         return self._format_output(pred, X)
+
+
+def _argmin(errors: list[float]) -> int:
+    """Index of the smallest error; NaN (a diverged member) never wins."""
+    finite = [e if math.isfinite(e) else math.inf for e in errors]
+    return min(range(len(finite)), key=finite.__getitem__)
 
 
 def _select_member(net: StackedNet, e: int) -> StackedNet:

@@ -165,6 +165,11 @@ class StackedNet(nn.Module):
                 f"StackedNet: x must be (B, {self.in_features}) or (E, B, {self.in_features}), "
                 f"got {tuple(x.shape)}"
             )
+        if x.dim() == 3 and x.shape[0] != self.n_models:
+            raise ValueError(
+                f"StackedNet: x of shape (E, B, d) must have E = n_models = {self.n_models}, "
+                f"got {tuple(x.shape)}"
+            )
         if x.dim() == 2:
             x = x.expand(self.n_models, *x.shape)
         taps = []

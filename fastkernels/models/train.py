@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -62,7 +63,8 @@ def train_sgd(
     lr_drop : float or None
         Fraction of a phase's epochs after which lr is divided by 10; None keeps it constant.
     lr_scale : dict, optional
-        Extra per-parameter learning-rate factor (e.g. a separate step size for V).
+        Extra per-parameter learning-rate factor, a float or a tensor of shape (E,) (e.g. a
+        separate step size for V, or a capped step for the readout).
     generator : torch.Generator, optional
         Mini-batch order.
     progress : bool
@@ -92,9 +94,9 @@ def train_sgd(
         for t in tensors:
             t.requires_grad_(True)
         bufs = [torch.zeros_like(t) for t in tensors]
-        scales = [lr_scale.get(n, 1.0) for n in names]
+        scales = [_per_member(lr_scale.get(n, 1.0), E, like, f"lr_scale[{n!r}]") for n in names]
         shape = lambda t: (E,) + (1,) * (t.dim() - 1)  # noqa: E731
-        drop_at = None if lr_drop is None else int(round(lr_drop * n_epochs))
+        drop_at = None if lr_drop is None else math.ceil(lr_drop * n_epochs - 1e-9)
         for epoch in range(n_epochs):
             factor = 0.1 if drop_at is not None and epoch >= drop_at else 1.0
             perm = torch.randperm(N, generator=generator).to(X.device)
@@ -109,7 +111,7 @@ def train_sgd(
                 grads = torch.autograd.grad(loss, tensors)
                 with torch.no_grad():
                     for t, b, g, s in zip(tensors, bufs, grads, scales):
-                        step = lr_t.view(shape(t)) * (factor * s)
+                        step = (lr_t * s).view(shape(t)) * factor
                         b.mul_(momentum).add_(g).addcmul_(wd_t.view(shape(t)), t)
                         t.sub_(step * b)
                 total += loss.detach() * len(idx)

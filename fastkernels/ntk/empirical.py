@@ -62,8 +62,12 @@ def ntk_factors(
             "ntk_factors: with block='bottleneck' the readout A is used twice; the structured "
             "path covers trainable='hidden' only (use empirical_ntk(..., path='generic'))"
         )
+    if not 0 <= member < net.n_models:
+        raise ValueError(f"ntk_factors: member must be in [0, {net.n_models}), got {member}")
     with torch.enable_grad():
-        out, taps = net.forward_taps(x)
+        # Differentiate through the input, not the parameters: every pre-activation depends on
+        # x, so the graph exists even when the parameters are frozen (requires_grad=False).
+        out, taps = net.forward_taps(x.detach().requires_grad_(True))
         out = out[member]
         selected = [t for t in taps if t.layer.weight in names]
         preacts = [t.preact for t in selected]
@@ -183,6 +187,16 @@ def empirical_ntk(
     where = "empirical_ntk"
     check_choice(mode, MODES, name="mode", where=where)
     check_choice(path, ("auto", "structured", "generic"), name="path", where=where)
+    check_choice(scaling, SCALINGS, name="scaling", where=where)
+    if isinstance(model, StackedNet):
+        if (
+            isinstance(member, bool)
+            or not isinstance(member, int)
+            or not 0 <= member < model.n_models
+        ):
+            raise ValueError(f"{where}: member must be in [0, {model.n_models}), got {member!r}")
+    elif scaling != "standard":
+        raise ValueError(f"{where}: scaling='ntk' needs a StackedNet (init variances are known)")
     x1 = as_float_tensor(x1, name="x1", where=where, dtype=next(model.parameters()).dtype)
     same = x2 is None or x2 is x1
     x2 = x1 if same else as_float_tensor(x2, name="x2", where=where, dtype=x1.dtype)

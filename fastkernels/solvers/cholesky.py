@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -42,8 +43,12 @@ def cholesky(
         raise ValueError(f"cholesky: K must be square (N, N), got {tuple(K.shape)}")
     if Y.dim() != 2 or Y.shape[0] != K.shape[0]:
         raise ValueError(f"cholesky: Y must be (N, T) with N = {K.shape[0]}, got {tuple(Y.shape)}")
-    if ridge < 0:
-        raise ValueError(f"cholesky: ridge must be >= 0, got {ridge}")
+    if not math.isfinite(ridge) or ridge < 0:
+        raise ValueError(f"cholesky: ridge must be a finite number >= 0, got {ridge}")
+    if not bool(torch.isfinite(K).all()):
+        raise ValueError("cholesky: K contains NaN or inf")
+    if not bool(torch.isfinite(Y).all()):
+        raise ValueError("cholesky: Y contains NaN or inf")
     work = K.to(dtype) if dtype is not None else K
     n = work.shape[0]
     scale = float(work.diagonal().abs().mean()) or 1.0

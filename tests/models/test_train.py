@@ -1,0 +1,315 @@
+"""train_sgd against torch.optim.SGD run member by member on a hand-written forward."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from fastkernels.models import StackedNet, train_sgd
+
+F64 = torch.float64
+CONFIGS = [("3resnet", "full"), ("3layer", "full"), ("2layer", "full"), ("3resnet", "bottleneck")]
+CONFIG_IDS = [f"{a}-{b}" for a, b in CONFIGS]
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=gen(seed), dtype=F64)
+
+
+def forward(p: dict, arch: str, block: str, x: torch.Tensor) -> torch.Tensor:
+    """One member's output (B, k) from a dict of its (un-stacked) tensors (PAPER.md 2.1)."""
+    relu = torch.relu
+    A = p["A"]
+    W = p["W0"] + p["W"] if block == "bottleneck" else p["W"]
+    h1 = relu(x @ W.T + p["b1"])
+    if arch == "2layer":
+        return h1 @ A.T
+    if block == "bottleneck":
+        inp = torch.cat([h1 @ A.T, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+        h2 = relu(inp @ (p["V0"] + p["V"]).T)
+        return (h1 + h2) @ A.T
+    h2 = relu(h1 @ p["U"].T + p["b2"])
+    return h2 @ A.T if arch == "3layer" else (h1 + h2) @ A.T
+
+
+def member_state(net: StackedNet, e: int) -> dict:
+    items = list(net.named_parameters()) + list(net.named_buffers())
+    return {n: t[e].detach().clone() for n, t in items}
+
+
+def reference_sgd(
+    net, X, Y, names, lr, wd, *, momentum, batch_size, epochs, drop_at, seed, lr_scale=None
+):
+    """Each member trained alone by torch.optim.SGD; returns per-member states and losses."""
+    E = net.n_models
+    lr_scale = lr_scale or {}
+    states, histories = [], []
+    for e in range(E):
+        p = member_state(net, e)
+        groups = []
+        for n in names:
+            p[n].requires_grad_(True)
+            groups.append({"params": [p[n]], "scale": lr_scale.get(n, 1.0)})
+        opt = torch.optim.SGD(groups, lr=float(lr[e]), momentum=momentum, weight_decay=float(wd[e]))
+        g = gen(seed)
+        Xe = X[e] if X.dim() == 3 else X
+        Ye = Y[e] if Y.dim() == 3 else Y
+        N = Xe.shape[0]
+        hist = []
+        for epoch in range(epochs):
+            factor = 0.1 if drop_at is not None and epoch >= drop_at else 1.0
+            for group in opt.param_groups:
+                group["lr"] = float(lr[e]) * factor * group["scale"]
+            perm = torch.randperm(N, generator=g)
+            total = 0.0
+            for start in range(0, N, batch_size):
+                idx = perm[start : start + batch_size]
+                opt.zero_grad()
+                loss = (forward(p, net.arch, net.block, Xe[idx]) - Ye[idx]).pow(2).sum(-1).mean()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            hist.append(total / N)
+        states.append({n: t.detach() for n, t in p.items()})
+        histories.append(hist)
+    return states, histories
+
+
+def assert_member_matches(net, e, state, tol=1e-10):
+    for n, t in list(net.named_parameters()) + list(net.named_buffers()):
+        torch.testing.assert_close(t[e], state[n], rtol=tol, atol=tol, msg=f"member {e} {n}")
+
+
+# -- one run against torch.optim.SGD ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch,block", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("trainable", ["hidden", "last", "all"])
+def test_matches_torch_sgd_per_member(arch, block, trainable):
+    d, m, k, E, N = 4, 6, 2, 3, 7
+    net = StackedNet(arch, d, m, k, n_models=E, block=block, generator=gen(1), dtype=F64)
+    X, Y = randn(N, d, seed=2), randn(N, k, seed=3)
+    names = net.parameter_names(trainable)
+    lr = torch.tensor([0.05, 0.01, 0.2], dtype=F64)
+    wd = torch.tensor([0.0, 1e-2, 5e-3], dtype=F64)
+    ref = copy.deepcopy(net)
+    hist = train_sgd(
+        net, X, Y, params=names, lr=lr, weight_decay=wd, momentum=0.9, batch_size=3,
+        epochs=4, lr_drop=0.5, generator=gen(7),
+    )  # fmt: skip
+    states, ref_hist = reference_sgd(
+        ref, X, Y, names, lr, wd, momentum=0.9, batch_size=3, epochs=4, drop_at=2, seed=7
+    )
+    for e in range(E):
+        assert_member_matches(net, e, states[e])
+    assert len(hist) == 4
+    expected = torch.tensor(ref_hist, dtype=F64).mean(0)
+    torch.testing.assert_close(torch.tensor(hist, dtype=F64), expected, rtol=1e-10, atol=0)
+
+
+def test_one_step_full_batch():
+    # One step, one batch: SGD with weight decay is p - lr (grad + wd p).
+    d, m, k, E, N = 3, 5, 2, 2, 4
+    net = StackedNet("3resnet", d, m, k, n_models=E, generator=gen(4), dtype=F64)
+    X, Y = randn(N, d, seed=5), randn(N, k, seed=6)
+    names = ["W", "b1", "U", "b2"]
+    lr, wd = [0.3, 0.07], [0.1, 0.0]
+    expected = []
+    for e in range(E):
+        p = member_state(net, e)
+        for n in names:
+            p[n].requires_grad_(True)
+        loss = (forward(p, "3resnet", "full", X) - Y).pow(2).sum(-1).mean()
+        grads = torch.autograd.grad(loss, [p[n] for n in names])
+        expected.append(
+            {n: p[n].detach() - lr[e] * (g + wd[e] * p[n].detach()) for n, g in zip(names, grads)}
+        )
+    train_sgd(
+        net, X, Y, params=names, lr=torch.tensor(lr, dtype=F64),
+        weight_decay=torch.tensor(wd, dtype=F64), batch_size=N, epochs=1, lr_drop=None,
+        generator=gen(0),
+    )  # fmt: skip
+    for e in range(E):
+        for n in names:
+            torch.testing.assert_close(getattr(net, n)[e], expected[e][n], rtol=1e-12, atol=1e-12)
+
+
+def test_per_member_data_and_lr_scale():
+    d, m, k, E, N = 3, 5, 2, 2, 6
+    net = StackedNet("3layer", d, m, k, n_models=E, generator=gen(8), dtype=F64)
+    X, Y = randn(E, N, d, seed=9), randn(E, N, k, seed=10)
+    names = net.parameter_names("all")
+    ref = copy.deepcopy(net)
+    scale = {"U": 0.5, "A": 3.0}
+    train_sgd(
+        net, X, Y, params=names, lr=0.05, weight_decay=1e-3, momentum=0.8, batch_size=4,
+        epochs=3, lr_drop=None, lr_scale=scale, generator=gen(2),
+    )  # fmt: skip
+    states, _ = reference_sgd(
+        ref, X, Y, names, [0.05] * E, [1e-3] * E, momentum=0.8, batch_size=4, epochs=3,
+        drop_at=None, seed=2, lr_scale=scale,
+    )  # fmt: skip
+    for e in range(E):
+        assert_member_matches(net, e, states[e])
+
+
+# -- independence, frozen parameters, phases, lr drop ------------------------------------------
+
+
+def _single(net: StackedNet, e: int) -> StackedNet:
+    one = StackedNet(
+        net.arch, net.in_features, net.width, net.out_features, n_models=1, block=net.block,
+        dtype=F64,
+    )  # fmt: skip
+    with torch.no_grad():
+        for n, t in list(net.named_parameters()) + list(net.named_buffers()):
+            getattr(one, n).copy_(t[e : e + 1])
+    return one
+
+
+def test_member_trained_alone_equals_member_of_ensemble():
+    d, m, k, E, N = 4, 6, 3, 3, 9
+    net = StackedNet("3resnet", d, m, k, n_models=E, generator=gen(12), dtype=F64)
+    alone = _single(net, 0)
+    X, Y = randn(N, d, seed=13), randn(N, k, seed=14)
+    kw = dict(params=["W", "b1", "U", "b2"], momentum=0.9, batch_size=4, epochs=3, lr_drop=0.5)
+    train_sgd(
+        net, X, Y, lr=torch.tensor([0.02, 1.0, 0.5], dtype=F64),
+        weight_decay=torch.tensor([1e-3, 0.1, 0.0], dtype=F64),
+        generator=gen(15), **kw,
+    )  # fmt: skip
+    train_sgd(alone, X, Y, lr=0.02, weight_decay=1e-3, generator=gen(15), **kw)
+    for n, t in alone.named_parameters():
+        torch.testing.assert_close(getattr(net, n)[:1], t, rtol=1e-12, atol=1e-12)
+    # The large-lr members went elsewhere.
+    assert not torch.allclose(net.W[0], net.W[1])
+
+
+@pytest.mark.parametrize("trainable", ["hidden", "last"])
+def test_frozen_parameters_do_not_change(trainable):
+    net = StackedNet("3resnet", 3, 5, 2, n_models=2, block="full", generator=gen(3), dtype=F64)
+    before = {n: t.detach().clone() for n, t in net.named_parameters()}
+    names = net.parameter_names(trainable)
+    train_sgd(
+        net, randn(8, 3, seed=1), randn(8, 2, seed=2), params=names, lr=0.1,
+        weight_decay=0.01, batch_size=3, epochs=2, generator=gen(0),
+    )  # fmt: skip
+    for n, t in net.named_parameters():
+        if n in names:
+            assert not torch.equal(t, before[n]), n
+        else:
+            assert torch.equal(t, before[n]), n
+
+
+def test_bottleneck_buffers_never_change():
+    net = StackedNet(
+        "3resnet", 3, 5, 2, n_models=2, block="bottleneck", generator=gen(3), dtype=F64
+    )
+    W0, V0 = net.W0.clone(), net.V0.clone()
+    train_sgd(
+        net, randn(6, 3, seed=1), randn(6, 2, seed=2), params=["W", "V"], lr=0.1,
+        batch_size=2, epochs=2, generator=gen(0),
+    )  # fmt: skip
+    assert torch.equal(net.W0, W0) and torch.equal(net.V0, V0)
+    assert torch.count_nonzero(net.W) > 0 and torch.count_nonzero(net.V) > 0
+
+
+def test_layerwise_phases_equal_two_calls():
+    net = StackedNet("3resnet", 4, 6, 2, n_models=2, generator=gen(21), dtype=F64)
+    two = copy.deepcopy(net)
+    init = {n: t.detach().clone() for n, t in net.named_parameters()}
+    X, Y = randn(7, 4, seed=22), randn(7, 2, seed=23)
+    kw = dict(lr=0.05, weight_decay=1e-3, batch_size=3, lr_drop=0.5)
+    g = gen(24)
+    hist = train_sgd(net, X, Y, params=[["W", "b1"], ["U", "b2"]], epochs=[2, 3], generator=g, **kw)
+    assert len(hist) == 5
+    g2 = gen(24)
+    h1 = train_sgd(two, X, Y, params=["W", "b1"], epochs=2, generator=g2, **kw)
+    after_first = {n: t.detach().clone() for n, t in two.named_parameters()}
+    # Phase 1 trained W, b1 only.
+    assert torch.equal(after_first["U"], init["U"]) and torch.equal(after_first["b2"], init["b2"])
+    assert not torch.equal(after_first["W"], init["W"])
+    h2 = train_sgd(two, X, Y, params=["U", "b2"], epochs=3, generator=g2, **kw)
+    for n, t in net.named_parameters():
+        torch.testing.assert_close(t, getattr(two, n), rtol=1e-12, atol=1e-12)
+    # Phase 2 left W, b1 where phase 1 put them; A never moved.
+    assert torch.equal(net.W, after_first["W"]) and torch.equal(net.b1, after_first["b1"])
+    assert torch.equal(net.A, init["A"])
+    torch.testing.assert_close(torch.tensor(hist, dtype=F64), torch.tensor(h1 + h2, dtype=F64))
+
+
+@pytest.mark.parametrize("epochs,lr_drop,drop_at", [(4, 0.5, 2), (4, 0.25, 1), (4, 0.75, 3)])
+def test_lr_drop_epoch(epochs, lr_drop, drop_at):
+    # Without momentum a run is the concatenation of a run at lr for drop_at epochs and one at
+    # lr / 10 for the rest, continuing the same mini-batch generator.
+    net = StackedNet("2layer", 3, 5, 1, n_models=1, generator=gen(30), dtype=F64)
+    split = copy.deepcopy(net)
+    X, Y = randn(6, 3, seed=31), randn(6, 1, seed=32)
+    kw = dict(params=["W", "b1"], momentum=0.0, batch_size=2)
+    train_sgd(net, X, Y, lr=0.3, epochs=epochs, lr_drop=lr_drop, generator=gen(33), **kw)
+    g = gen(33)
+    train_sgd(split, X, Y, lr=0.3, epochs=drop_at, lr_drop=None, generator=g, **kw)
+    train_sgd(split, X, Y, lr=0.03, epochs=epochs - drop_at, lr_drop=None, generator=g, **kw)
+    torch.testing.assert_close(net.W, split.W, rtol=1e-12, atol=1e-12)
+    # And a drop one epoch off gives something else.
+    wrong = StackedNet("2layer", 3, 5, 1, n_models=1, generator=gen(30), dtype=F64)
+    g = gen(33)
+    train_sgd(wrong, X, Y, lr=0.3, epochs=drop_at + 1, lr_drop=None, generator=g, **kw)
+    train_sgd(wrong, X, Y, lr=0.03, epochs=epochs - drop_at - 1, lr_drop=None, generator=g, **kw)
+    assert not torch.allclose(net.W, wrong.W)
+
+
+def test_no_drop_with_lr_drop_none_or_one():
+    X, Y = randn(6, 3, seed=31), randn(6, 1, seed=32)
+    kw = dict(params=["W", "b1"], lr=0.1, epochs=3, batch_size=2, generator=None)
+    a = StackedNet("2layer", 3, 5, 1, generator=gen(30), dtype=F64)
+    b = copy.deepcopy(a)
+    train_sgd(a, X, Y, lr_drop=None, **{**kw, "generator": gen(1)})
+    train_sgd(b, X, Y, lr_drop=1.0, **{**kw, "generator": gen(1)})
+    torch.testing.assert_close(a.W, b.W, rtol=1e-12, atol=1e-12)
+
+
+def test_lr_drop_not_before_fraction_has_passed():
+    X, Y = randn(6, 3, seed=31), randn(6, 1, seed=32)
+    kw = dict(params=["W", "b1"], lr=0.1, epochs=1, batch_size=2)
+    a = StackedNet("2layer", 3, 5, 1, generator=gen(30), dtype=F64)
+    b = copy.deepcopy(a)
+    train_sgd(a, X, Y, lr_drop=0.5, generator=gen(1), **kw)
+    train_sgd(b, X, Y, lr_drop=None, generator=gen(1), **kw)
+    torch.testing.assert_close(a.W, b.W, rtol=1e-12, atol=1e-12)
+
+
+def test_loss_decreases_on_easy_target():
+    d, N = 5, 64
+    X = randn(N, d, seed=40)
+    Y = X @ randn(d, 1, seed=41) * 0.5
+    net = StackedNet("3resnet", d, 32, 1, n_models=2, generator=gen(42), dtype=F64)
+    hist = train_sgd(
+        net, X, Y, params=net.parameter_names("hidden"), lr=0.05, weight_decay=0.0,
+        batch_size=16, epochs=30, lr_drop=None, generator=gen(43),
+    )  # fmt: skip
+    assert hist[-1] < hist[0] / 10
+
+
+# -- bad arguments ----------------------------------------------------------------------------
+
+
+def test_bad_per_member_shapes():
+    net = StackedNet("2layer", 3, 4, 1, n_models=2, generator=gen(0), dtype=F64)
+    X, Y = randn(4, 3), randn(4, 1)
+    with pytest.raises(ValueError, match="lr"):
+        train_sgd(net, X, Y, params=["W"], lr=[0.1, 0.2, 0.3], epochs=1)
+    with pytest.raises(ValueError, match="weight_decay"):
+        train_sgd(net, X, Y, params=["W"], lr=0.1, weight_decay=[0.1, 0.2, 0.3], epochs=1)
+
+
+def test_phase_epoch_mismatch():
+    net = StackedNet("3layer", 3, 4, 1, n_models=1, generator=gen(0), dtype=F64)
+    with pytest.raises(ValueError, match="phases"):
+        train_sgd(net, randn(4, 3), randn(4, 1), params=[["W"], ["U"]], lr=0.1, epochs=[1, 2, 3])
