@@ -1,9 +1,10 @@
 """Kernel objects: a kernel family as data (registry name + parameters) over :mod:`.formulas`.
 
 A :class:`Kernel` validates its parameters when constructed and its inputs when called, then
-hands plain tensors to the formula of its family. ``k(x1, x2)`` gives a Gram block,
-``k.diag(x)`` its diagonal without forming it, ``k.mv(x1, x2, v)`` the product K @ v computed
-in row blocks so that the N x M matrix is never stored.
+hands plain tensors to the ``fastkernels::gram`` / ``fastkernels::kernel_mv`` custom ops
+(:mod:`fastkernels.ops`), whose reference body is the formula of its family (C++ on CPU when the
+extension is built). ``k(x1, x2)`` gives a Gram block, ``k.diag(x)`` its diagonal without
+forming it, ``k.mv(x1, x2, v)`` the product K @ v without ever storing the N x M matrix.
 """
 
 from __future__ import annotations
@@ -32,9 +33,6 @@ __all__ = [
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
-# Row blocks of mv hold about this many kernel entries (32 MiB in float64).
-_MV_BLOCK_ENTRIES = 1 << 22
-
 
 class Kernel:
     """Base class of the kernel families.
@@ -62,6 +60,13 @@ class Kernel:
     def _formula_params(self, dim: int) -> dict:
         """Parameters passed to the formula for inputs of dimension ``dim``."""
         return self.params()
+
+    def _op_params(self, dim: int) -> list[float]:
+        """The packed ``params`` of the ``gram`` / ``kernel_mv`` ops for inputs of dimension
+        ``dim`` (layout in :mod:`fastkernels.ops._common`)."""
+        from .. import ops  # imported here: fastkernels.ops itself imports kernels.formulas
+
+        return ops.pack_params(self.name, **self._formula_params(dim))
 
     # -- shared ---------------------------------------------------------------------------------
     def with_params(self, **params) -> Kernel:
@@ -94,7 +99,10 @@ class Kernel:
         Tensor, shape (N, M), dtype and device of the inputs
         """
         x1, x2 = self._check_inputs(x1, x2, where=f"{type(self).__name__}")
-        return F.FORMULAS[self.name](x1, x2, **self._formula_params(x1.shape[1]))
+        # The same tensor twice marks the diagonal as self-pairs (exact k(0)).
+        offset = 0 if x1 is x2 else None
+        params = self._op_params(x1.shape[1])  # first: it imports (registers) the ops
+        return torch.ops.fastkernels.gram(x1, x2, self.name, params, offset)
 
     def diag(self, x) -> Tensor:
         """The diagonal ``k(x_i, x_i)`` without forming the Gram.
@@ -121,8 +129,8 @@ class Kernel:
         x2 : Tensor, shape (M, D), same dtype and device
         v : Tensor, shape (M,) or (M, T), same dtype and device
         block_size : int, optional
-            Rows of ``x1`` per block; peak extra memory is ``block_size * M`` kernel entries.
-            Default: about 4M entries per block.
+            Rows of ``x1`` per op call (default: all). The op bounds its own memory by tiles
+            of K, so this only splits the work.
 
         Returns
         -------
@@ -138,21 +146,27 @@ class Kernel:
             )
         _check_same_kind(x1, v, "x1", "v", where)
         _check_finite(v, "v", where)
-        n, m = x1.shape[0], x2.shape[0]
+        n = x1.shape[0]
+        # The op tiles K itself (one tile per thread in C++); block_size only splits the rows
+        # into several op calls, e.g. to bound the reference's memory on other devices.
         if block_size is None:
-            block_size = max(1, min(n, _MV_BLOCK_ENTRIES // m))
+            block_size = n
         else:
             block_size = check_positive_int(block_size, name="block_size", where=where)
-        formula = F.FORMULAS[self.name]
-        params = self._formula_params(x1.shape[1])
+        params = self._op_params(x1.shape[1])
         vv = v[:, None] if v.dim() == 1 else v
-        out = torch.empty((n, vv.shape[1]), dtype=x1.dtype, device=x1.device)
         same = x1 is x2
-        for i0 in range(0, n, block_size):
-            i1 = min(n, i0 + block_size)
-            # A row block of x2 itself: its self-pairs sit on the diagonal shifted by i0.
-            block = formula(x1[i0:i1], x2, diag_offset=i0 if same else None, **params)
-            out[i0:i1] = block @ vv
+        if block_size >= n:
+            offset = 0 if same else None
+            out = torch.ops.fastkernels.kernel_mv(x1, x2, vv, self.name, params, offset)
+        else:
+            out = torch.empty((n, vv.shape[1]), dtype=x1.dtype, device=x1.device)
+            for i0 in range(0, n, block_size):
+                i1 = min(n, i0 + block_size)
+                # A row block of x2 itself: its self-pairs sit on the diagonal shifted by i0.
+                out[i0:i1] = torch.ops.fastkernels.kernel_mv(
+                    x1[i0:i1], x2, vv, self.name, params, i0 if same else None
+                )
         return out[:, 0] if v.dim() == 1 else out
 
     def __repr__(self) -> str:

@@ -14,6 +14,7 @@ is the test oracle.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -99,6 +100,107 @@ def ntk_factors(
     return factors
 
 
+class NotStructured(Exception):
+    """The structured path does not apply to a model; the message says why."""
+
+
+def module_factors(
+    model: nn.Module, x: torch.Tensor, params: list[str] | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-layer NTK factors of any module built from nn.Linear layers, via hooks.
+
+    Forward hooks record each selected nn.Linear's input and output; k backward passes give the
+    output sensitivities. Activations, residual sums and any other parameter-free per-sample
+    operations in between are handled by autograd.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps (N, d) to (N, k) or (N,), each output row depending on its input row only.
+    x : torch.Tensor, shape (N, d)
+    params : list of str, optional
+        Parameter names to differentiate (default: every parameter with requires_grad).
+
+    Returns
+    -------
+    list of (A, B) as in :func:`ntk_factors`.
+
+    Raises
+    ------
+    NotStructured
+        A selected parameter is not the weight or bias of an nn.Linear, a Linear is called more
+        than once or on non-2-D input.
+    """
+    named = dict(model.named_parameters())
+    names = [n for n, p in named.items() if p.requires_grad] if params is None else list(params)
+    missing = [n for n in names if n not in named]
+    if missing:
+        raise ValueError(
+            f"empirical_ntk: params {missing} are not parameters of the model; "
+            f"available: {sorted(named)}"
+        )
+    linears = {}
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            prefix = f"{mod_name}." if mod_name else ""
+            w, b = f"{prefix}weight", f"{prefix}bias"
+            use_w, use_b = w in names, b in names
+            if use_w or use_b:
+                linears[mod_name] = (mod, use_w, use_b)
+    covered = {
+        f"{m}.{s}" if m else s
+        for m, (_, uw, ub) in linears.items()
+        for s, u in (("weight", uw), ("bias", ub))
+        if u
+    }
+    foreign = [n for n in names if n not in covered]
+    if foreign:
+        raise NotStructured(f"parameters {foreign} are not weights or biases of nn.Linear layers")
+    if not linears:
+        raise NotStructured("no nn.Linear parameter is selected")
+    records: dict[str, list] = {name: [] for name in linears}
+
+    def hook(name):
+        def fn(_mod, inputs, output):
+            records[name].append((inputs[0], output))
+
+        return fn
+
+    handles = [mod.register_forward_hook(hook(name)) for name, (mod, _, _) in linears.items()]
+    try:
+        with torch.enable_grad():
+            out = model(x.detach().requires_grad_(True))
+    finally:
+        for h in handles:
+            h.remove()
+    for name, rec in records.items():
+        if len(rec) != 1:
+            raise NotStructured(f"nn.Linear {name!r} ran {len(rec)} times in one forward pass")
+        if rec[0][0].dim() != 2:
+            raise NotStructured(
+                f"nn.Linear {name!r} got input of shape {tuple(rec[0][0].shape)}; the "
+                "structured path needs one vector per sample"
+            )
+    if out.dim() == 1:
+        out = out[:, None]
+    if out.dim() != 2 or out.shape[0] != x.shape[0]:
+        raise NotStructured(f"the model output has shape {tuple(out.shape)}, not (N, k)")
+    zs = [records[name][0][1] for name in linears]
+    k = out.shape[1]
+    per_output = []
+    for r in range(k):
+        grads = torch.autograd.grad(out[:, r].sum(), zs, retain_graph=r < k - 1, allow_unused=True)
+        per_output.append([torch.zeros_like(z) if g is None else g for g, z in zip(grads, zs)])
+    factors = []
+    for i, (name, (_mod, use_w, use_b)) in enumerate(linears.items()):
+        inp = records[name][0][0].detach()
+        cols = ([inp] if use_w else []) + ([torch.ones_like(inp[:, :1])] if use_b else [])
+        a = torch.cat(cols, dim=1)
+        b = torch.stack([per_output[r][i].detach() for r in range(k)], dim=1)
+        factors.append((a, b))
+    return factors
+
+
 def ntk_from_factors(f1, f2, mode: str = "trace") -> torch.Tensor:
     """Contract factor lists into an NTK block.
 
@@ -106,12 +208,19 @@ def ntk_from_factors(f1, f2, mode: str = "trace") -> torch.Tensor:
     (N, M, k, k) for ``"full"``.
     """
     check_choice(mode, MODES, name="mode", where="ntk_from_factors")
+    if mode == "trace":
+        from ..ops.ntk_gram import ntk_gram
+
+        return ntk_gram(
+            [a for a, _ in f1],
+            [b.flatten(1) for _, b in f1],
+            [a for a, _ in f2],
+            [b.flatten(1) for _, b in f2],
+        )
     out = None
     for (a1, b1), (a2, b2) in zip(f1, f2):
         ga = a1 @ a2.T
-        if mode == "trace":
-            term = ga * (b1.flatten(1) @ b2.flatten(1).T)
-        elif mode == "diagonal":
+        if mode == "diagonal":
             term = ga[:, :, None] * torch.einsum("irp,jrp->ijr", b1, b2)
         else:
             term = ga[:, :, None, None] * torch.einsum("irp,jsp->ijrs", b1, b2)
@@ -207,18 +316,19 @@ def empirical_ntk(
                 raise ValueError(f"{where}: {name} must have {d} features, got {x.shape[1]}")
     if x1.shape[1] != x2.shape[1]:
         raise ValueError(f"{where}: x1 and x2 must have the same number of features")
-    structured_ok = isinstance(model, StackedNet) and not (
-        model.block == "bottleneck" and "A" in model.parameter_names(trainable)
-    )
-    if path == "structured" and not structured_ok:
-        raise ValueError(
-            f"{where}: the structured path needs a StackedNet (not bottleneck with A trained)"
-        )
-    if path in ("auto", "structured") and structured_ok:
-        f1 = ntk_factors(model, x1, trainable, scaling, member)
-        f2 = f1 if same else ntk_factors(model, x2, trainable, scaling, member)
-        return ntk_from_factors(f1, f2, mode)
     if isinstance(model, StackedNet):
+        structured_ok = not (
+            model.block == "bottleneck" and "A" in model.parameter_names(trainable)
+        )
+        if path == "structured" and not structured_ok:
+            raise ValueError(
+                f"{where}: the structured path does not cover a bottleneck StackedNet whose "
+                "readout A is trained (A is used twice); use path='generic'"
+            )
+        if path in ("auto", "structured") and structured_ok:
+            f1 = ntk_factors(model, x1, trainable, scaling, member)
+            f2 = f1 if same else ntk_factors(model, x2, trainable, scaling, member)
+            return ntk_from_factors(f1, f2, mode)
         if scaling != "standard":
             raise ValueError(f"{where}: scaling='ntk' is available on the structured path only")
         names = model.parameter_names(trainable)
@@ -229,21 +339,56 @@ def empirical_ntk(
 
         def fn(p, x):
             return torch.func.functional_call(view, {**rest, **p}, (x,))[0]
-    else:
-        named = dict(model.named_parameters())
-        names = list(named) if params is None else list(params)
-        missing = [n for n in names if n not in named]
-        if missing:
-            raise ValueError(
-                f"{where}: params {missing} are not parameters of the model; "
-                f"available: {sorted(named)}"
-            )
-        theta = {n: named[n].detach() for n in names}
 
-        def fn(p, x):
-            return torch.func.functional_call(model, p, (x,), strict=False)
+        return _generic_ntk(fn, theta, x1, x2, mode, chunk_size)
+
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.training:
+            # Samples interact through batch statistics: no per-sample tangent kernel exists.
+            raise ValueError(
+                f"{where}: BatchNorm {mod_name!r} is in training mode, so samples interact; "
+                "call model.eval() first"
+            )
+    named = dict(model.named_parameters())
+    names = [n for n, p in named.items() if p.requires_grad] if params is None else list(params)
+    missing = [n for n in names if n not in named]
+    if missing:
+        raise ValueError(
+            f"{where}: params {missing} are not parameters of the model; available: {sorted(named)}"
+        )
+    if path in ("auto", "structured"):
+        try:
+            f1 = _call_model(module_factors, model, x1, names, "x1")
+            f2 = f1 if same else _call_model(module_factors, model, x2, names, "x2")
+            return ntk_from_factors(f1, f2, mode)
+        except NotStructured as exc:
+            if path == "structured":
+                raise ValueError(f"{where}: the structured path does not apply: {exc}") from None
+            warnings.warn(
+                f"{where}: falling back to the generic torch.func path (memory grows with "
+                f"samples x parameters): {exc}",
+                UserWarning,
+                stacklevel=2,
+            )
+    theta = {n: named[n].detach() for n in names}
+
+    def fn(p, x):
+        return torch.func.functional_call(model, p, (x,), strict=False)
 
     return _generic_ntk(fn, theta, x1, x2, mode, chunk_size)
+
+
+def _call_model(fn, model, x, names, arg):
+    """Run ``fn(model, x, names)``, turning a shape error inside the model into a clear one."""
+    try:
+        return fn(model, x, names)
+    except RuntimeError as exc:
+        if "shape" in str(exc) or "size" in str(exc):
+            raise ValueError(
+                f"empirical_ntk: {arg} of shape {tuple(x.shape)} does not fit the model: "
+                f"{' '.join(str(exc).split())}"
+            ) from None
+        raise
 
 
 def _single_member(net: StackedNet) -> StackedNet:

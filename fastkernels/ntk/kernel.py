@@ -55,13 +55,19 @@ class EmpiricalNTK:
         return sum((a * a).sum(1) * (b.flatten(1) * b.flatten(1)).sum(1) for a, b in f)
 
     def mv(self, x1: torch.Tensor, x2: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        from ..ops.ntk_mv import ntk_mv
+
         f2 = self.factors(x2)
+        a2, b2 = [a for a, _ in f2], [b.flatten(1) for _, b in f2]
         vv = v[:, None] if v.dim() == 1 else v
+        vv = vv.to(a2[0].dtype)
         parts = []
+        # Factors of x1 are formed block by block: for wide networks with many outputs they are
+        # far larger per row than x1 itself.
         for s in range(0, len(x1), self.block_size):
             f1 = self.factors(x1[s : s + self.block_size])
-            parts.append(ntk_from_factors(f1, f2, "trace").to(vv.dtype) @ vv)
-        out = torch.cat(parts)
+            parts.append(ntk_mv([a for a, _ in f1], [b.flatten(1) for _, b in f1], a2, b2, vv))
+        out = torch.cat(parts).to(v.dtype)
         return out[:, 0] if v.dim() == 1 else out
 
     def params(self) -> dict:

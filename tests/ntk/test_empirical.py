@@ -341,8 +341,12 @@ def test_bad_inputs_generic_module():
         empirical_ntk(model, x, randn(2, 4))
     with pytest.raises(ValueError, match="mode"):
         empirical_ntk(model, x, mode="sum")
-    with pytest.raises(ValueError, match="structured"):
-        empirical_ntk(model, x, path="structured")
+    # Linear + Tanh layers are covered by the structured (hooks) path; a LayerNorm's affine
+    # parameters are not, so requesting that path must fail loudly.
+    ln = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    ln = ln.to(torch.float64)
+    with pytest.raises(ValueError, match="structured path does not apply"):
+        empirical_ntk(ln, x, path="structured")
 
 
 @pytest.mark.parametrize("scaling", ["ntk", "bogus"])

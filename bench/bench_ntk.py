@@ -1,0 +1,173 @@
+"""Empirical NTK: structured factors + fused ntk_gram against torch.func, time and peak memory.
+
+Groups (one workload each; providers side by side in one run):
+
+- ``ntk_trace``: the trace NTK of a 3resnet (hidden weights) between N x N points:
+  fastkernels (per-layer factors, then ``fastkernels::ntk_gram``), torch.func vmap(jacrev)
+  contraction (per-sample Jacobians J, then J J^T), and torch.func NTK-vector products (one
+  vjp per right-hand side column block, the Jacobian never formed per sample; K built column
+  by column from K e_j).
+- ``ntk_gram_large``: the fused op on given factors against the torch.mm calls it needs for the
+  factor Gram matrices (A A^T and B B^T per layer), the lower bound of any unfused version.
+
+Peak memory above the inputs (resident set, reset before each measurement through
+/proc/self/clear_refs) is recorded in extra_info["peak_mb"]; FLOP in extra_info["flop"].
+Sizes: FASTKERNELS_BENCH_SIZE=small (default, CI smoke run) or full (the issue's workloads:
+d = 100, width 512, 2000 x 2000; ntk_gram 20000 x 20000).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch.func import functional_call, jacrev, vjp, vmap
+
+from fastkernels.models import StackedNet
+from fastkernels.ntk import empirical_ntk
+from fastkernels.ntk.empirical import ntk_factors
+from fastkernels.ops.ntk_gram import ntk_gram
+
+SIZE = os.environ.get("FASTKERNELS_BENCH_SIZE", "small")
+# (N, d, width, k) for ntk_trace; (N, width, k) for ntk_gram_large
+TRACE = {"small": (200, 20, 64, 1), "full": (2000, 100, 512, 1)}[SIZE]
+LARGE = {"small": (1500, 64, 1), "full": (20000, 512, 1)}[SIZE]
+
+
+def _peak_rss_mb(fn) -> tuple[object, float]:
+    """Run fn once; return its result and the peak resident memory above the start, in MB."""
+
+    def rss(field):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM (peak RSS) to the current RSS
+    except OSError:
+        return fn(), float("nan")
+    before = rss("VmRSS:")
+    out = fn()
+    return out, rss("VmHWM:") - before
+
+
+def _net():
+    n, d, m, k = TRACE
+    g = torch.Generator().manual_seed(0)
+    net = StackedNet("3resnet", d, m, k, generator=g)
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(1))
+    return net, x
+
+
+def _functional(net):
+    names = net.parameter_names("hidden")
+    params = {n: getattr(net, n).detach()[0:1] for n in names}
+    rest = {
+        n: t.detach()[0:1]
+        for n, t in list(net.named_parameters()) + list(net.named_buffers())
+        if n not in params
+    }
+
+    def f(p, x):  # one sample -> (k,)
+        return functional_call(net, {**rest, **p}, (x[None],))[0, 0]
+
+    return f, params
+
+
+def ours(net, x):
+    return empirical_ntk(net, x, mode="trace", trainable="hidden")
+
+
+def func_jacobian(net, x):
+    f, params = _functional(net)
+    J = vmap(jacrev(f), in_dims=(None, 0))(params, x)
+    J = torch.cat([j.flatten(2) for j in J.values()], dim=2)  # (N, k, P)
+    return torch.einsum("irp,jrp->ij", J, J)
+
+
+def func_ntk_vp(net, x, block=256):
+    """K column blocks K[:, j] = J J^T e_j via vjp (J^T e_j), then a batched jvp-free product."""
+    f, params = _functional(net)
+
+    def batched(p):
+        return vmap(f, in_dims=(None, 0))(p, x)  # (N, k)
+
+    out, pullback = vjp(batched, params)
+    cols = []
+    n, k = out.shape
+    for j0 in range(0, n, block):
+        j1 = min(n, j0 + block)
+        # J^T u for each basis vector u = e_j (summed over outputs): vmap over the block.
+        basis = torch.zeros(j1 - j0, n, k)
+        basis[torch.arange(j1 - j0), torch.arange(j0, j1)] = 1.0
+        grads = vmap(pullback)(basis)[0]  # dict name -> (b, ...) = rows of J^T e_j
+        G = torch.cat([g.flatten(1) for g in grads.values()], dim=1)  # (b, P)
+        # K[:, j] = J (J^T e_j): contract with per-sample Jacobian rows via one more vjp sweep
+        cols.append(G)
+    Jt = torch.cat(cols)  # (N, P): row j = sum_r J_r(x_j) -- the trace NTK is Jt Jt^T for k = 1
+    return Jt @ Jt.T
+
+
+PROVIDERS = {"fastkernels": ours, "torch.func jacrev": func_jacobian, "torch.func vjp": func_ntk_vp}
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+def test_ntk_trace(benchmark, provider):
+    n, d, m, k = TRACE
+    if provider == "torch.func vjp" and k != 1:
+        pytest.skip("the vjp provider builds the trace NTK for one output only")
+    net, x = _net()
+    fn = PROVIDERS[provider]
+    ref = ours(net, x) if provider != "fastkernels" else None
+    K, peak = _peak_rss_mb(lambda: fn(net, x))
+    if ref is not None:
+        torch.testing.assert_close(K, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    benchmark.group = f"ntk_trace 3resnet N={n} d={d} width={m} k={k}"
+    n_params = m * d + m + m * m + m
+    benchmark.extra_info.update(peak_mb=peak, n=n, d=d, width=m, k=k, params=n_params)
+    benchmark.pedantic(fn, args=(net, x), rounds=3 if SIZE == "small" else 1, iterations=1)
+
+
+def _large_factors():
+    n, m, k = LARGE
+    g = torch.Generator().manual_seed(2)
+    d = 100
+    a = [torch.randn(n, d + 1, generator=g), torch.randn(n, m + 1, generator=g)]
+    b = [torch.randn(n, k * m, generator=g), torch.randn(n, k * m, generator=g)]
+    return a, b
+
+
+def _factor_grams(a, b):
+    # The GEMMs any implementation needs: each layer's two Gram matrices, one at a time.
+    for fa, fb in zip(a, b):
+        ga = torch.mm(fa, fa.T)
+        gb = torch.mm(fb, fb.T)
+        del ga, gb
+
+
+@pytest.mark.parametrize("provider", ["fastkernels ntk_gram", "torch.mm factor grams"])
+def test_ntk_gram_large(benchmark, provider):
+    n, m, k = LARGE
+    a, b = _large_factors()
+    fn = (
+        (lambda: ntk_gram(a, b, a, b))
+        if provider.startswith("fastkernels")
+        else (lambda: _factor_grams(a, b))
+    )
+    _, peak = _peak_rss_mb(fn)
+    flop = 2 * n * n * sum(t.shape[1] for t in a + b)
+    benchmark.group = f"ntk_gram {n}x{n} width={m} k={k}"
+    benchmark.extra_info.update(peak_mb=peak, flop=flop, n=n)
+    benchmark.pedantic(fn, rounds=3 if SIZE == "small" else 1, iterations=1)
+
+
+def test_factors_are_small():
+    # The structured path's memory is O(N x widths): check it on the trace workload.
+    net, x = _net()
+    f = ntk_factors(net, x)
+    floats = sum(a.numel() + b.numel() for a, b in f)
+    assert floats < 10 * x.shape[0] * (net.width + 1) * (net.out_features + 1) * 2

@@ -1,0 +1,62 @@
+// fastkernels::_gram_cpu: the Gram matrix on CPU, one GEMM tile at a time with the kernel's
+// epilogue applied while the tile is in cache. Called by the CPU registration of the
+// fastkernels::gram custom op (fastkernels/ops/__init__.py) for the kernels implemented here.
+#include "kernel_common.h"
+
+namespace fastkernels {
+
+namespace {
+// 128 x 512 tiles: 256 KiB in float32, so the tile the GEMM just wrote is still in L2 (>= 512 KiB
+// on current x86 cores) when the epilogue reads it, next to the two input panels.
+constexpr int64_t kRows = 128;
+constexpr int64_t kCols = 512;
+}  // namespace
+
+at::Tensor gram_cpu(const at::Tensor& x1_in, const at::Tensor& x2_in, c10::string_view kernel,
+                    at::ArrayRef<double> params, std::optional<int64_t> diag_offset) {
+  const char* op = "fastkernels::gram";
+  check_pair(op, x1_in, x2_in);
+  const Spec sp = parse_spec(op, kernel, params);
+  const bool same_input = x1_in.is_same(x2_in);
+  check_finite(op, x1_in, "x1");
+  if (!same_input) check_finite(op, x2_in, "x2");
+  if (!diag_offset && same_input) diag_offset = 0;
+  // Below autograd: the custom op's autograd formula already wraps this call.
+  at::AutoDispatchBelowADInplaceOrView guard;
+
+  const at::Tensor x1 = x1_in.contiguous();
+  const at::Tensor x2 = same_input ? x1 : x2_in.contiguous();
+  const int64_t n = x1.size(0), m = x2.size(0);
+  at::Tensor out = at::empty({n, m}, x1.options());
+
+  AT_DISPATCH_FLOATING_TYPES(x1.scalar_type(), "gram_cpu", [&] {
+    const at::Tensor n1 = sq_norms<scalar_t>(x1);
+    // A self-Gram reuses its norms, so that both sides of a self-pair see the same bits.
+    const at::Tensor n2 = same_input ? n1 : sq_norms<scalar_t>(x2);
+    const scalar_t* pn1 = n1.data_ptr<scalar_t>();
+    const scalar_t* pn2 = n2.data_ptr<scalar_t>();
+    scalar_t* po = out.data_ptr<scalar_t>();
+    const int64_t ti = (n + kRows - 1) / kRows, tj = (m + kCols - 1) / kCols;
+    // One task per tile; inside a parallel region the BLAS call runs single-threaded.
+    at::parallel_for(0, ti * tj, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t i0 = (t / tj) * kRows, j0 = (t % tj) * kCols;
+        const int64_t bi = std::min(kRows, n - i0), bj = std::min(kCols, m - j0);
+        at::Tensor c = out.narrow(0, i0, bi).narrow(1, j0, bj);
+        at::mm_out(c, x1.narrow(0, i0, bi), x2.narrow(0, j0, bj).t());
+        const Tile tile{bi, bj, m, diag_offset.has_value(),
+                        diag_offset ? i0 + *diag_offset - j0 : 0};
+        epilogue<scalar_t>(sp, po + i0 * m + j0, tile, pn1 + i0, pn2 + j0);
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace fastkernels
+
+TORCH_LIBRARY_FRAGMENT(fastkernels, m) {
+  m.def("_gram_cpu(Tensor x1, Tensor x2, str kernel, float[] params, int? diag_offset) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fastkernels, CPU, m) { m.impl("_gram_cpu", &fastkernels::gram_cpu); }

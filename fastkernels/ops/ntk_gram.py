@@ -1,0 +1,66 @@
+"""The ``fastkernels::ntk_gram`` op: a structured empirical NTK block from per-layer factors.
+
+K = sum_l (A1_l A2_l^T) * (B1_l B2_l^T), N x M, computed tile by tile (see
+:mod:`fastkernels.ops._ntk_common`): the Hadamard products and the layer sum ride on the GEMMs
+and no per-layer N x M intermediate is allocated. The body is the torch reference (any device).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._ntk_common import check_factors, check_finite, tile_kernel, tile_rows, weighted_factor_grads
+
+__all__ = ["ntk_gram"]
+
+OP = "fastkernels::ntk_gram"
+
+
+@torch.library.custom_op(OP, mutates_args=())
+def ntk_gram(a1: list[Tensor], b1: list[Tensor], a2: list[Tensor], b2: list[Tensor]) -> Tensor:
+    """NTK block K = sum_l (a1[l] a2[l]^T) * (b1[l] b2[l]^T).
+
+    Parameters
+    ----------
+    a1, b1 : list of Tensor, shapes (N, p_l) and (N, q_l)
+        Per-layer inputs and output sensitivities of the first set of points.
+    a2, b2 : list of Tensor, shapes (M, p_l) and (M, q_l)
+        The same for the second set.
+
+    Returns
+    -------
+    Tensor, shape (N, M), the factors' dtype and device.
+    """
+    check_factors(OP, a1, b1, a2, b2)
+    check_finite(OP, a1=a1, b1=b1, a2=a2, b2=b2)
+    n, m = a1[0].shape[0], a2[0].shape[0]
+    out = a1[0].new_empty((n, m))
+    step = tile_rows(n, m)
+    scratch = a1[0].new_empty((step, m))
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        tile_kernel(a1, b1, a2, b2, r0, r1, out[r0:r1], scratch[: r1 - r0])
+    return out
+
+
+@ntk_gram.register_fake
+def _(a1, b1, a2, b2):
+    check_factors(OP, a1, b1, a2, b2)
+    return a1[0].new_empty((a1[0].shape[0], a2[0].shape[0]))
+
+
+def _setup_context(ctx, inputs, output):
+    a1, b1, a2, b2 = inputs
+    ctx.n_layers = len(a1)
+    ctx.save_for_backward(*a1, *b1, *a2, *b2)
+
+
+def _backward(ctx, grad):
+    saved = ctx.saved_tensors
+    L = ctx.n_layers
+    a1, b1, a2, b2 = (list(saved[i * L : (i + 1) * L]) for i in range(4))
+    return weighted_factor_grads(a1, b1, a2, b2, lambda r0, r1: grad[r0:r1])
+
+
+ntk_gram.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,200 @@
+"""fastkernels::gram: every kernel x implementation against the float64 reference, scikit-learn,
+opcheck, gradcheck, PSD, self-pairs and bad input."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics.pairwise import linear_kernel, polynomial_kernel, rbf_kernel
+
+from fastkernels import ops
+from fastkernels.ops._common import CPP_KERNELS
+
+from .conftest import CASE_IDS, CASES, IMPLS, randn
+
+# Odd sizes not divisible by any tile (C++ tiles are 128 x 512), 1 x 1, and several tiles.
+SHAPES = [(1, 1, 1), (37, 53, 7), (300, 1100, 5)]
+
+
+def run(impl, x1, x2, kernel, params, offset=None):
+    if impl == "reference":
+        return ops.gram_reference(x1, x2, kernel, params, offset)
+    if kernel not in CPP_KERNELS:
+        pytest.skip(f"{kernel} runs the reference on CPU")
+    return torch.ops.fastkernels._gram_cpu(x1, x2, kernel, params, offset)
+
+
+def rel_err(got, ref):
+    return ((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-300)).item()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("kernel,params", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("n,m,d", SHAPES)
+def test_matches_float64_reference(impl, kernel, params, n, m, d):
+    x1, x2 = randn(n, d, seed=1), randn(m, d, seed=2)
+    ref = ops.gram_reference(x1, x2, kernel, params)
+    got64 = run(impl, x1, x2, kernel, params)
+    assert got64.dtype == torch.float64 and got64.shape == (n, m)
+    assert rel_err(got64, ref) < 1e-12
+    # float32 inputs: compared with the float64 kernel of the same (rounded) points.
+    a, b = x1.float(), x2.float()
+    got32 = run(impl, a, b, kernel, params)
+    assert got32.dtype == torch.float32
+    assert rel_err(got32, ops.gram_reference(a.double(), b.double(), kernel, params)) < 1e-5
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("kernel,params", CASES, ids=CASE_IDS)
+def test_self_pairs_of_a_self_gram_and_of_a_row_block(impl, kernel, params):
+    x = randn(140, 4, seed=3)
+    full = run(impl, x, x, kernel, params)  # the same tensor: diagonal self-pairs
+    ref = ops.gram_reference(x, x, kernel, params)
+    assert rel_err(full, ref) < 1e-12
+    block = run(impl, x[130:140], x, kernel, params, 130)
+    torch.testing.assert_close(block, full[130:140], rtol=1e-12, atol=1e-12)
+    if kernel in ("rbf", "laplace", "matern"):
+        ones = torch.ones(140, dtype=torch.float64)
+        assert torch.equal(full.diagonal(), ones)
+        assert torch.equal(block[:, 130:140].diagonal(), ones[:10])
+        x32 = x.float()
+        assert torch.equal(run(impl, x32, x32, kernel, params).diagonal(), ones.float())
+
+
+def test_dispatcher_picks_cpp_and_matches():
+    x1, x2 = randn(50, 6, seed=4), randn(70, 6, seed=5)
+    out = torch.ops.fastkernels.gram(x1, x2, "rbf", [0.2], None)
+    torch.testing.assert_close(out, ops.gram_reference(x1, x2, "rbf", [0.2]), rtol=1e-12, atol=0)
+    # The public wrapper: x2=None is a self-Gram.
+    assert torch.equal(ops.gram(x1, kernel="rbf", params=[0.2]).diagonal(), torch.ones(50).double())
+
+
+def test_matches_scikit_learn():
+    x1, x2 = randn(41, 9, seed=6), randn(33, 9, seed=7)
+    a, b = x1.numpy(), x2.numpy()
+    pairs = [
+        ("rbf", [0.15], rbf_kernel(a, b, gamma=0.15)),
+        ("polynomial", [3.0, 0.1, 0.5], polynomial_kernel(a, b, degree=3, gamma=0.1, coef0=0.5)),
+        ("linear", [], linear_kernel(a, b)),
+    ]
+    for kernel, params, ref in pairs:
+        for dt, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+            got = ops.gram(x1.to(dt), x2.to(dt), kernel, params).double().numpy()
+            ref_dt = ref if dt == torch.float64 else ops.gram_reference(
+                x1.float().double(), x2.float().double(), kernel, params
+            ).numpy()
+            assert np.abs(got - ref_dt).max() <= tol * np.abs(ref_dt).max(), kernel
+    # Laplace here is Euclidean (scikit-learn's laplacian_kernel is L1): Matern nu = 1/2.
+    from sklearn.gaussian_process.kernels import Matern
+
+    for nu in (0.5, 1.5, 2.5):
+        ref = Matern(length_scale=1 / 0.7, nu=nu)(a, b)
+        got = ops.gram(x1, x2, "matern", [nu, 0.7]).numpy()
+        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
+
+
+# The full opcheck (with its slow AOT-dispatch test) for one kernel per code path; the cheap
+# checks for every kernel.
+FULL_OPCHECK = {"rbf", "arccos-1", "ntk-1-0-1"}
+CHEAP = ("test_schema", "test_autograd_registration", "test_faketensor")
+
+
+@pytest.mark.parametrize("kernel,params", CASES, ids=CASE_IDS)
+def test_opcheck(kernel, params, request):
+    x1 = randn(9, 4, seed=8).requires_grad_()
+    x2 = randn(11, 4, seed=9).requires_grad_()
+    full = request.node.callspec.id in FULL_OPCHECK
+    utils = None if full else CHEAP
+    op = torch.ops.fastkernels.gram.default
+    for offset in (None, 0):
+        if utils is None:
+            torch.library.opcheck(op, (x1, x2, kernel, params, offset))
+        else:
+            torch.library.opcheck(op, (x1, x2, kernel, params, offset), test_utils=utils)
+
+
+@pytest.mark.parametrize("kernel,params", CASES, ids=CASE_IDS)
+def test_gradcheck(kernel, params):
+    x1 = randn(6, 3, seed=10).requires_grad_()
+    x2 = randn(5, 3, seed=11).requires_grad_()
+
+    def f(a, b):
+        return torch.ops.fastkernels.gram(a, b, kernel, params, None)
+
+    assert torch.autograd.gradcheck(f, (x1, x2))
+    # Self-pairs (row block of x2 at offset 1) are constant k(0): zero gradient there.
+    y = randn(4, 3, seed=12).requires_grad_()
+
+    def g(a, b):
+        return torch.ops.fastkernels.gram(a, b, kernel, params, 1)
+
+    assert torch.autograd.gradcheck(g, (y[1:3].detach().clone().requires_grad_(), y))
+
+
+def test_laplace_gradient_is_finite_at_coincident_points():
+    # sqrt'(0) is infinite; the documented subgradient at zero distance is 0.
+    x = randn(5, 3, seed=13)
+    x2 = torch.cat([x[:2], randn(3, 3, seed=14)]).requires_grad_()
+    for params in ([1.0], [0.5, 1.0]):
+        kernel = "laplace" if len(params) == 1 else "matern"
+        x1 = x.clone().requires_grad_()
+        torch.ops.fastkernels.gram(x1, x2, kernel, params, None).sum().backward()
+        assert torch.isfinite(x1.grad).all() and torch.isfinite(x2.grad).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    "kernel,params",
+    [("arccos", [0.0]), ("arccos", [1.0]), ("ntk", [1.0, 0.0, 0.0]), ("ntk", [0.0, 3.0, 1.0])],
+)
+def test_positive_semidefinite(impl, kernel, params):
+    x = randn(60, 5, seed=15)
+    eig = torch.linalg.eigvalsh(run(impl, x, x, kernel, params))
+    assert eig.min() >= -1e-10 * eig.max()
+
+
+X = randn(4, 3)
+G = torch.ops.fastkernels.gram
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: G(X[0], X, "rbf", [1.0], None), ValueError, r"gram: x1 must be 2-dimensional"),
+        (lambda: G(X, randn(2, 5), "rbf", [1.0], None), ValueError, "same number of columns D"),
+        (lambda: G(X, X.float(), "rbf", [1.0], None), TypeError, "x1 and x2 must have the same dt"),
+        (lambda: G(X.int(), X.int(), "rbf", [1.0], None), TypeError, "x1 must be float32 or float"),
+        (lambda: G(X, X.to("meta"), "rbf", [1.0], None), (ValueError, RuntimeError), "device"),
+        (
+            lambda: G(X.clone().fill_(float("inf")), X, "rbf", [1.0], None),
+            ValueError,
+            "gram: x1 must be finite",
+        ),
+        (lambda: G(X, X, "rbf", [0.0], None), ValueError, r"gram: params .*gamma.* > 0"),
+        (lambda: G(X, X, "rbf", [-1.0], None), ValueError, "gamma"),
+        (lambda: G(X, X, "rbf", [], None), ValueError, r"must be \[gamma\] \(1 values\)"),
+        (lambda: G(X, X, "matern", [1.0, 1.0], None), ValueError, "nu must be one of"),
+        (lambda: G(X, X, "polynomial", [2.5, 1.0, 0.0], None), ValueError, "degree must be a po"),
+        (lambda: G(X, X, "arccos", [2.0], None), ValueError, "order must be 0 or 1"),
+        (lambda: G(X, X, "ntk", [0.0, 0.0, 0.0], None), ValueError, "depth .* positive integer"),
+        (lambda: G(X, X, "nngp", [0.0, -2.0], None), ValueError, "depth"),
+        (lambda: G(X, X, "cosine", [], None), ValueError, "gram: kernel must be one of"),
+        (lambda: G(torch.empty(0, 3).double(), X, "rbf", [1.0], None), ValueError, "non-empty"),
+    ],
+)
+def test_bad_input_names_op_argument_and_expectation(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.mark.skipif(not ops.HAS_CPP, reason="C++ extension not built")
+def test_cpp_rejects_bad_input_itself():
+    # Direct calls of the C++ op (bypassing the Python checks) fail with the same kind of message.
+    cpp = torch.ops.fastkernels._gram_cpu
+    with pytest.raises(ValueError, match="fastkernels::gram: x1 must be 2-dimensional"):
+        cpp(X[0], X, "rbf", [1.0], None)
+    with pytest.raises(TypeError, match="fastkernels::gram: x1 and x2 must have the same dtype"):
+        cpp(X, X.float(), "rbf", [1.0], None)
+    with pytest.raises(ValueError, match="gamma .*must be a finite number > 0"):
+        cpp(X, X, "rbf", [0.0], None)
+    with pytest.raises(ValueError, match="x2 must be finite"):
+        cpp(X, X.clone().fill_(float("nan")), "rbf", [1.0], None)
