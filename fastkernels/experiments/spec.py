@@ -100,6 +100,8 @@ class LearnerSpec:
         Constructor parameters from the file (never ``width``, ``random_state``, ``device``).
     takes_width, takes_random_state, takes_device : bool
         Whether the learner's constructor accepts these runner-set parameters.
+    n_train : tuple of int or None
+        The sample sizes this learner runs at (a subset of the sweep's); None: all of them.
     """
 
     label: str
@@ -108,6 +110,7 @@ class LearnerSpec:
     takes_width: bool = False
     takes_random_state: bool = False
     takes_device: bool = False
+    n_train: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,15 @@ class SweepSpec:
         out: dict[str, Any] = {
             "sweep": sweep,
             "concept": {"name": self.concept, **self.concept_params},
-            "learners": [{"label": s.label, "type": s.type, **s.params} for s in self.learners],
+            "learners": [
+                {
+                    "label": s.label,
+                    "type": s.type,
+                    **s.params,
+                    **({"n_train": list(s.n_train)} if s.n_train is not None else {}),
+                }
+                for s in self.learners
+            ],
         }
         if self.c is not None:
             out["report"] = {"c": self.c}
@@ -350,6 +361,16 @@ def parse_spec(text_or_data: str | dict, source: str = "<string>") -> SweepSpec:
     if not isinstance(learners_raw, list) or not learners_raw:
         raise v.error("", "[[learners]]", "at least one [[learners]] table", learners_raw)
     learners = tuple(_parse_learner(v, i, entry) for i, entry in enumerate(learners_raw, 1))
+    for i, lspec in enumerate(learners, 1):
+        # A learner may run at a subset of the sweep's sizes (a network next to kernels that go
+        # to 10^6 samples); anything outside the sweep's list is a typo.
+        if lspec.n_train is not None and not set(lspec.n_train) <= set(n_train):
+            raise v.error(
+                f"[[learners]] #{i} ({lspec.label!r})",
+                "n_train",
+                f"a subset of [sweep] n_train {list(n_train)}",
+                list(lspec.n_train),
+            )
     seen: dict[str, int] = {}
     for i, spec in enumerate(learners, 1):
         if spec.label in seen:
@@ -449,7 +470,8 @@ def _parse_learner(v: _Validator, i: int, entry) -> LearnerSpec:
             f"{v.source}: {where}: learner type {type_name!r} cannot be imported "
             f"({type(exc).__name__}: {_one_line(str(exc))})"
         ) from None
-    params = {k: val for k, val in entry.items() if k not in ("label", "type")}
+    own_n = v.int_list(entry, "n_train", where, minimum=1)
+    params = {k: val for k, val in entry.items() if k not in ("label", "type", "n_train")}
     for key, val in params.items():
         if key in RUNNER_SET_PARAMS:
             hint = "[sweep] widths sets it" if key == "width" else "the runner sets it"
@@ -479,6 +501,7 @@ def _parse_learner(v: _Validator, i: int, entry) -> LearnerSpec:
         takes_width="width" in accepted,
         takes_random_state="random_state" in accepted,
         takes_device="device" in accepted,
+        n_train=own_n,
     )
 
 
@@ -530,7 +553,11 @@ def expand(spec: SweepSpec) -> list[Trial]:
     for lspec in spec.learners:
         widths = spec.widths if (lspec.takes_width and spec.widths) else (None,)
         for n, w, a, b, seed in itertools.product(
-            spec.n_train, widths, spec.alphas or (None,), spec.betas or (None,), spec.seeds
+            lspec.n_train or spec.n_train,
+            widths,
+            spec.alphas or (None,),
+            spec.betas or (None,),
+            spec.seeds,
         ):
             cc, alpha, beta = concept_cfg[(a, b)]
             cparams = {**cc["params"], "seed": seed}

@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 
 import torch
 
-from .._validation import check_nonnegative_float, resolve_dtype
-from ..solvers import cholesky
+from .._validation import (
+    check_choice,
+    check_nonnegative_float,
+    check_positive_float,
+    check_positive_int,
+    resolve_dtype,
+)
+from ..solvers import (
+    DEFAULT_MEMORY_BUDGET,
+    KernelOperator,
+    NystromPreconditioner,
+    cg,
+    cholesky,
+    nystrom_pcg,
+    parse_bytes,
+)
+from ..solvers._common import format_bytes
 from .base import BaseRegressor, squared_error, validation_split
 
 # Relative ridge grid: ridge = r * mean(diag K). Relative, so that one grid serves kernels whose
@@ -16,6 +32,62 @@ from .base import BaseRegressor, squared_error, validation_split
 DEFAULT_RIDGE_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 # Bandwidth grid: multiples of the median heuristic (1 / median distance, squared for RBF).
 DEFAULT_BANDWIDTH_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+SOLVERS = ("auto", "cholesky", "cg", "nystrom")
+# "auto" solves directly up to this N (or 20 x the output count): below it a float64 Cholesky
+# costs about as much as building the Gram for CG, and it is exact.
+AUTO_CHOLESKY_MAX_N = 2000
+# Default rank of the CG preconditioner: 500 landmark columns cut the iterations of an RBF
+# problem from ~100 to ~15 at N = 8000; more columns cost more setup than they save.
+DEFAULT_CG_RANK = 500
+# Default tolerance (true relative residual) of the iterative solvers. The float32 kernel
+# products have a rounding floor near 1e-5; 1e-4 already puts predictions within ~1e-5 relative
+# test error of the exact solution (measured on RBF problems, N = 4000-8000).
+DEFAULT_TOL = 1e-4
+
+
+def default_n_centers(n: int) -> int:
+    """Nystrom centres by default: 2 sqrt(N), at least 1000 and at most 3000 (and N)."""
+    return int(min(n, max(1000, min(3000, round(2 * math.sqrt(n))))))
+
+
+def choose_solver(
+    n: int, n_outputs: int, memory_budget: int, ridge: float, compute_itemsize: int = 4
+) -> tuple[str, str]:
+    """The solver ``solver="auto"`` picks, with the reason, from N, outputs and the budget.
+
+    - ``"cholesky"`` for N <= max(2000, 20 T) (T outputs) when the float64 Gram and its factor
+      (3 N^2 x 8 bytes) fit the budget, and for ridge = 0 (ridgeless interpolation, where CG is
+      unreliable) whenever they fit;
+    - ``"cg"`` (exact kernel ridge on the dense Gram, stored in the compute dtype, with a
+      Nystrom preconditioner) while N^2 entries fit the budget;
+    - ``"nystrom"`` (FALKON, approximate) beyond.
+
+    Returns
+    -------
+    (name, reason) : tuple of str
+    """
+    chol_bytes = 3 * 8 * n * n
+    dense_bytes = compute_itemsize * n * n + compute_itemsize * n * DEFAULT_CG_RANK
+    budget = format_bytes(memory_budget)
+    if chol_bytes <= memory_budget and (
+        n <= max(AUTO_CHOLESKY_MAX_N, 20 * n_outputs) or ridge == 0
+    ):
+        why = (
+            "ridge = 0"
+            if ridge == 0 and n > max(AUTO_CHOLESKY_MAX_N, 20 * n_outputs)
+            else (f"N = {n} <= {max(AUTO_CHOLESKY_MAX_N, 20 * n_outputs)}")
+        )
+        return "cholesky", f"{why}; float64 Gram + factor {format_bytes(chol_bytes)} fit {budget}"
+    if dense_bytes <= memory_budget:
+        return "cg", (
+            f"N = {n}: dense Gram {format_bytes(dense_bytes)} fits {budget}; exact kernel ridge "
+            "by Nystrom-preconditioned CG"
+        )
+    return "nystrom", (
+        f"N = {n}: dense Gram {format_bytes(dense_bytes)} exceeds {budget}; Nystrom "
+        "approximation by FALKON-preconditioned CG"
+    )
 
 
 def median_bandwidth(kernel_name: str, X: torch.Tensor, max_points: int = 1000) -> float:
@@ -78,7 +150,44 @@ class KernelRidge(BaseRegressor):
     device : str or torch.device, optional
         Where to compute (default: the device of X).
     random_state : int, default 0
-        Seed of the validation split.
+        Seed of the validation split, of the search subsample and of the Nystrom centres.
+    solver : {"auto", "cholesky", "cg", "nystrom"}, default "auto"
+        How the final fit is solved (see :mod:`fastkernels.solvers`). ``"cholesky"``: direct,
+        exact, O(N^3). ``"cg"``: exact, conjugate gradients on the Gram (kept dense in
+        ``compute_dtype`` when it fits ``memory_budget``, otherwise products through
+        ``kernel.mv`` recomputed every iteration), Nystrom-preconditioned with ``n_centers``
+        landmark columns. ``"nystrom"``: FALKON, the ridge solution restricted to ``n_centers``
+        centres; K_nM streamed in tiles. ``"auto"`` chooses by N, the number of outputs and
+        the budget (:func:`choose_solver`), records the choice and its reason in ``hparams_``
+        / ``solver_info_`` and, when ``verbose``, prints it.
+    n_centers : int or None, default None
+        Nystrom centres; None: :func:`default_n_centers` (N). With ``solver="cg"`` asked for
+        by name it is the rank of the CG preconditioner instead (default 500, also under
+        ``"auto"``). More centres than samples is an error.
+    memory_budget : int or str, default 4 GiB
+        Bytes the solve may hold beyond the data (``"4GB"``, ``"512MiB"`` or an int). A budget
+        that cannot hold one tile of kernel rows raises ValueError before any work.
+    tol : float or None, default None
+        True relative residual at which the iterative solvers stop (None: 1e-4).
+    max_iter : int or None, default None
+        Iteration cap of the iterative solvers (None: 1000 for CG, 200 for Nystrom). Stopping
+        unconverged warns with a ConvergenceWarning (a RuntimeWarning).
+    compute_dtype : "float32" or "float64", default "float32"
+        Dtype of the kernel evaluations inside the iterative solvers (their recurrences and
+        residual checks run in float64; Cholesky and ``predict`` use ``dtype``).
+    search_size : int, default 4000
+        The hyperparameter search (ridge and bandwidth grids) runs on a random subsample of at
+        most this many training points, always by Cholesky on its validation split; the
+        chosen absolute ridge and bandwidth are then used on all N points. Below this size the
+        search sees the whole training set, as it always did.
+    warm_start : bool, default False
+        When the previous fit's training set is a prefix of the new one (nested subsets, as in
+        a learning curve) and the kernel is unchanged, start the iterative solver from the
+        previous solution (padded with zeros for CG; same centres and coefficients for
+        Nystrom, the prefix being an i.i.d. sample too).
+    verbose : bool, default True
+        A tqdm bar per iterative solve (iteration, residual, ETA) and a line naming the solver
+        ``"auto"`` picked; False silences both (never the non-convergence warning).
 
     Attributes
     ----------
@@ -86,10 +195,18 @@ class KernelRidge(BaseRegressor):
         The fitted kernel (with its chosen bandwidth).
     ridge_ : float
         The absolute ridge used in the final fit.
-    dual_coef_ : torch.Tensor, shape (N, k)
+    dual_coef_ : torch.Tensor, shape (N, k), or (M, k) for ``"nystrom"``
+        Coefficients on ``X_fit_`` (or on ``centers_``).
     X_fit_ : torch.Tensor, shape (N, D)
+    centers_ : torch.Tensor, shape (M, D), or None
+        The Nystrom centres (None for the exact solvers).
     hparams_ : dict
-        Chosen hyperparameters and their validation error.
+        Chosen hyperparameters and their validation error, the solver (``"solver"``) and, for
+        Nystrom, ``"n_centers"``; ``"search_samples"`` when the search ran on a subsample.
+    solver_info_ : dict
+        What the final solve did (:class:`fastkernels.solvers.SolverInfo` as a dict):
+        ``solver``, ``converged``, ``iterations``, ``residuals`` (history), ``final_residual``,
+        ``time_s``, ``reason`` (why this solver), ``extra``.
     validation_errors_ : list of dict
         Every candidate tried with its validation error.
     """
@@ -105,6 +222,15 @@ class KernelRidge(BaseRegressor):
         dtype=torch.float64,
         device=None,
         random_state: int = 0,
+        solver: str = "auto",
+        n_centers: int | None = None,
+        memory_budget=DEFAULT_MEMORY_BUDGET,
+        tol: float | None = None,
+        max_iter: int | None = None,
+        compute_dtype="float32",
+        search_size: int = 4000,
+        warm_start: bool = False,
+        verbose: bool = True,
     ):
         self.kernel = kernel
         self.kernel_params = kernel_params
@@ -115,6 +241,15 @@ class KernelRidge(BaseRegressor):
         self.dtype = dtype
         self.device = device
         self.random_state = random_state
+        self.solver = solver
+        self.n_centers = n_centers
+        self.memory_budget = memory_budget
+        self.tol = tol
+        self.max_iter = max_iter
+        self.compute_dtype = compute_dtype
+        self.search_size = search_size
+        self.warm_start = warm_start
+        self.verbose = verbose
 
     def check_params(self):
         """Check the constructor arguments (raises ValueError/TypeError naming the bad one)."""
@@ -134,6 +269,20 @@ class KernelRidge(BaseRegressor):
             raise ValueError(
                 f"{where}: validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
             )
+        check_choice(self.solver, SOLVERS, name="solver", where=where)
+        if self.n_centers is not None:
+            check_positive_int(self.n_centers, name="n_centers", where=where)
+        parse_bytes(self.memory_budget, where=where)
+        if self.tol is not None:
+            check_positive_float(self.tol, name="tol", where=where)
+            if self.tol >= 1:
+                raise ValueError(f"{where}: tol must be in (0, 1), got {self.tol!r}")
+        if self.max_iter is not None:
+            check_positive_int(self.max_iter, name="max_iter", where=where)
+        resolve_dtype(self.compute_dtype, name="compute_dtype", where=where)
+        check_positive_int(self.search_size, name="search_size", where=where)
+        if self.search_size < 2:
+            raise ValueError(f"{where}: search_size must be >= 2, got {self.search_size}")
 
     def _candidate_kernels(self, base, X: torch.Tensor) -> list:
         attr = getattr(base, "bandwidth_param", None)
@@ -144,25 +293,170 @@ class KernelRidge(BaseRegressor):
         return [type(base)(**{**params, attr: g0 * m}) for m in self.bandwidth_grid]
 
     def fit(self, X, Y) -> KernelRidge:
-        """Fit on X (N, D) and Y (N,) or (N, k); returns self."""
+        """Fit on X (N, D) and Y (N,) or (N, k); returns self.
+
+        Raises
+        ------
+        ValueError
+            Bad parameters or input (NaN/inf in X or Y, ...), ``n_centers`` > N, or a
+            ``memory_budget`` too small for one tile.
+        torch.linalg.LinAlgError
+            Cholesky with ridge = 0 on a kernel that is not strictly positive definite, even
+            after the jitter retries (a warning names the jitter when a retry succeeds).
+        """
         self.check_params()
         base = resolve_kernel(self.kernel, self.kernel_params, "KernelRidge")
         dtype = resolve_dtype(self.dtype, where="KernelRidge")
+        previous = self._warm_state()
         X, Y = self._check_fit_input(X, Y, dtype=dtype, device=self.device)
-        candidates = self._candidate_kernels(base, X)
+        n = len(X)
+        search_X, search_Y, n_search = X, Y, None
+        if n > self.search_size:
+            g = torch.Generator().manual_seed(int(self.random_state) + 31_337)
+            sub = torch.randperm(n, generator=g)[: self.search_size].to(X.device)
+            search_X, search_Y, n_search = X[sub], Y[sub], self.search_size
+        candidates = self._candidate_kernels(base, search_X)
         search = self.ridge == "auto" or len(candidates) > 1
         self.validation_errors_ = []
         if search:
-            kernel, ridge, val_error = self._search(candidates, X, Y)
+            kernel, ridge, val_error = self._search(candidates, search_X, search_Y)
         else:
             kernel, ridge, val_error = candidates[0], float(self.ridge), None
-        K = kernel(X, X)
-        self.dual_coef_ = cholesky(K, Y, ridge, dtype=dtype)
+        budget = parse_bytes(self.memory_budget, where="KernelRidge")
+        cdtype = resolve_dtype(self.compute_dtype, name="compute_dtype", where="KernelRidge")
+        solver, reason = self.solver, "requested"
+        if solver == "auto":
+            solver, reason = choose_solver(
+                n, Y.shape[1], budget, ridge, torch.finfo(cdtype).bits // 8
+            )
+            if self.verbose:
+                print(f"KernelRidge: solver={solver!r} ({reason})", file=sys.stderr)
+        self.centers_ = None
+        if solver == "cholesky":
+            K = kernel(X, X)
+            self.dual_coef_, info = cholesky(K, Y, ridge, dtype=dtype, return_info=True)
+            del K
+        elif solver == "cg":
+            self.dual_coef_, info = self._fit_cg(kernel, X, Y, ridge, budget, cdtype, previous)
+        else:
+            self.dual_coef_, info = self._fit_nystrom(kernel, X, Y, ridge, budget, cdtype, previous)
         self.kernel_, self.ridge_, self.X_fit_ = kernel, ridge, X
+        self.solver_info_ = {**info.to_dict(), "reason": reason}
         self.hparams_ = {"kernel": kernel.name, **_jsonable(kernel.params()), "ridge": ridge}
         if val_error is not None:
             self.hparams_["val_error"] = val_error
+        if n_search is not None and search:
+            self.hparams_["search_samples"] = n_search
+        self.hparams_["solver"] = solver
+        if solver == "nystrom":
+            self.hparams_["n_centers"] = int(self.centers_.shape[0])
         return self
+
+    def _warm_state(self):
+        """The previous fit's state, when warm_start asks for it and one exists."""
+        if not self.warm_start or not hasattr(self, "dual_coef_"):
+            return None
+        return {
+            "X": self.X_fit_,
+            "coef": self.dual_coef_,
+            "centers": getattr(self, "centers_", None),
+            "kernel": self.kernel_,
+            "solver": self.hparams_.get("solver"),
+        }
+
+    def _warm_start_for(self, previous, kernel, X, solver):
+        """Whether ``previous`` seeds this fit: same kernel and solver, X_prev a prefix of X."""
+        if previous is None or previous["solver"] != solver or previous["kernel"] != kernel:
+            return False
+        Xp = previous["X"]
+        if Xp.shape[0] > X.shape[0] or Xp.shape[1] != X.shape[1] or Xp.dtype != X.dtype:
+            return False
+        return bool(torch.equal(Xp.to(X.device), X[: Xp.shape[0]]))
+
+    def _fit_cg(self, kernel, X, Y, ridge, budget, cdtype, previous):
+        n = len(X)
+        itemsize = torch.finfo(cdtype).bits // 8
+        # n_centers sets the preconditioner's rank only when CG was asked for by name: under
+        # "auto" it is meant for the Nystrom solver, and thousands of landmark columns would
+        # cost CG more setup (N M^2) than they save in iterations.
+        explicit = self.solver == "cg" and self.n_centers is not None
+        rank = min(n, self.n_centers if explicit else DEFAULT_CG_RANK)
+        if explicit and self.n_centers > n:
+            raise ValueError(
+                f"KernelRidge: n_centers = {self.n_centers} (the CG preconditioner's rank) is "
+                f"more than the N = {n} samples"
+            )
+        pre_bytes = 2 * n * rank * itemsize
+        dense = n * n * itemsize + pre_bytes <= budget
+        # Without room for the preconditioner's N x rank factor, run plain CG.
+        use_pre = pre_bytes <= budget // 2
+        op = KernelOperator(
+            kernel,
+            X,
+            dtype=cdtype,
+            memory_budget=budget,
+            cache="dense" if dense else "none",
+            reserved_bytes=pre_bytes if use_pre else 0,
+        )
+        pre = None
+        if use_pre:
+            g = torch.Generator().manual_seed(int(self.random_state))
+            pre = NystromPreconditioner(op, ridge, rank, generator=g, dtype=cdtype)
+        x0 = None
+        if self._warm_start_for(previous, kernel, X, "cg"):
+            x0 = torch.zeros_like(Y)
+            x0[: len(previous["coef"])] = previous["coef"].to(Y.dtype)
+        coef, info = cg(
+            op,
+            Y,
+            ridge,
+            x0=x0,
+            preconditioner=pre,
+            tol=self.tol or DEFAULT_TOL,
+            max_iter=self.max_iter or min(n, 1000),
+            verbose=self.verbose,
+            desc=f"KernelRidge cg (N={n})",
+        )
+        info.extra.update(
+            {
+                "dense_gram": dense,
+                "preconditioner_rank": pre.rank if pre is not None else 0,
+                "warm_start": x0 is not None,
+                "memory_budget": budget,
+            }
+        )
+        return coef, info
+
+    def _fit_nystrom(self, kernel, X, Y, ridge, budget, cdtype, previous):
+        n = len(X)
+        m = self.n_centers if self.n_centers is not None else default_n_centers(n)
+        if m > n:
+            raise ValueError(
+                f"KernelRidge: n_centers = {m} is more than the N = {n} training samples; "
+                "use at most N centres (or solver='cg' / 'cholesky' for exact kernel ridge)"
+            )
+        centers, x0 = None, None
+        if self._warm_start_for(previous, kernel, X, "nystrom") and len(previous["coef"]) == m:
+            centers, x0 = previous["centers"], previous["coef"]
+        g = torch.Generator().manual_seed(int(self.random_state))
+        res = nystrom_pcg(
+            kernel,
+            X,
+            Y,
+            ridge,
+            n_centers=m,
+            centers=centers,
+            x0=x0,
+            tol=self.tol or DEFAULT_TOL,
+            max_iter=self.max_iter or 200,
+            memory_budget=budget,
+            dtype=cdtype,
+            generator=g,
+            verbose=self.verbose,
+        )
+        res.info.extra["warm_start"] = x0 is not None
+        self.centers_ = res.centers
+        return res.coef, res.info
 
     def _search(self, candidates, X, Y):
         idx_tr, idx_val = validation_split(len(X), self.validation_fraction, self.random_state)
@@ -191,7 +485,8 @@ class KernelRidge(BaseRegressor):
         """Predictions for X (n, D): shape (n, k), or (n,) when fitted on 1-D Y."""
         self._check_is_fitted("predict")
         X_t = self._check_predict_input(X, dtype=self.X_fit_.dtype, device=self.X_fit_.device)
-        pred = self.kernel_.mv(X_t, self.X_fit_, self.dual_coef_)
+        support = self.X_fit_ if getattr(self, "centers_", None) is None else self.centers_
+        pred = self.kernel_.mv(X_t, support, self.dual_coef_)
         return self._format_output(pred, X)
 
 

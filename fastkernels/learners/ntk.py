@@ -10,6 +10,7 @@ from .._validation import check_choice, check_positive_int, resolve_dtype
 from ..models import ARCHS, BLOCKS, TRAINABLE, StackedNet
 from ..ntk.empirical import SCALINGS
 from ..ntk.kernel import EmpiricalNTK
+from ..solvers import DEFAULT_MEMORY_BUDGET
 from .base import BaseRegressor
 from .kernel_ridge import DEFAULT_RIDGE_GRID, KernelRidge
 
@@ -40,6 +41,11 @@ class NTKRegressor(BaseRegressor):
     device : optional
     random_state : int, default 0
         Seed of the network's init and of the validation split.
+    solver, n_centers, memory_budget, tol, max_iter, compute_dtype, search_size, verbose
+        Passed to :class:`KernelRidge` (same meaning): the solver ("auto", "cholesky", "cg",
+        "nystrom"), Nystrom centres / CG preconditioner rank, memory budget, iteration
+        control, dtype of the kernel evaluations inside the iterative solvers, size of the
+        hyperparameter-search subsample, progress output.
 
     Attributes
     ----------
@@ -47,6 +53,8 @@ class NTKRegressor(BaseRegressor):
     kernel_ : EmpiricalNTK
     krr_ : KernelRidge
         The fitted kernel ridge model.
+    solver_info_ : dict
+        ``krr_.solver_info_``: solver, iterations, residual history, converged flag.
     hparams_ : dict
     """
 
@@ -63,6 +71,14 @@ class NTKRegressor(BaseRegressor):
         dtype=torch.float64,
         device=None,
         random_state: int = 0,
+        solver: str = "auto",
+        n_centers: int | None = None,
+        memory_budget=DEFAULT_MEMORY_BUDGET,
+        tol: float | None = None,
+        max_iter: int | None = None,
+        compute_dtype="float32",
+        search_size: int = 4000,
+        verbose: bool = True,
     ):
         self.arch = arch
         self.width = width
@@ -75,6 +91,26 @@ class NTKRegressor(BaseRegressor):
         self.dtype = dtype
         self.device = device
         self.random_state = random_state
+        self.solver = solver
+        self.n_centers = n_centers
+        self.memory_budget = memory_budget
+        self.tol = tol
+        self.max_iter = max_iter
+        self.compute_dtype = compute_dtype
+        self.search_size = search_size
+        self.verbose = verbose
+
+    def _solver_params(self) -> dict:
+        return {
+            "solver": self.solver,
+            "n_centers": self.n_centers,
+            "memory_budget": self.memory_budget,
+            "tol": self.tol,
+            "max_iter": self.max_iter,
+            "compute_dtype": self.compute_dtype,
+            "search_size": self.search_size,
+            "verbose": self.verbose,
+        }
 
     def check_params(self):
         """Check the constructor arguments (raises ValueError naming the bad one)."""
@@ -92,6 +128,7 @@ class NTKRegressor(BaseRegressor):
             ridge=self.ridge,
             ridge_grid=self.ridge_grid,
             validation_fraction=self.validation_fraction,
+            **self._solver_params(),
         ).check_params()
 
     def fit(self, X, Y) -> NTKRegressor:
@@ -119,8 +156,10 @@ class NTKRegressor(BaseRegressor):
             dtype=dtype,
             device=X.device,
             random_state=self.random_state,
+            **self._solver_params(),
         ).fit(X, Y)
         self.hparams_ = {**self.krr_.hparams_}
+        self.solver_info_ = self.krr_.solver_info_
         return self
 
     def predict(self, X):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import time
 import warnings
 
 import torch
+
+from ._common import SolverInfo
 
 
 def cholesky(
@@ -15,7 +18,8 @@ def cholesky(
     *,
     dtype: torch.dtype | None = torch.float64,
     max_tries: int = 6,
-) -> torch.Tensor:
+    return_info: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, SolverInfo]:
     """Solve (K + ridge I) C = Y for C.
 
     Parameters
@@ -34,11 +38,24 @@ def cholesky(
         When the factorisation fails (K + ridge I numerically indefinite), jitter is added to the
         diagonal, starting at 1e-10 times the mean diagonal and growing tenfold per try; a
         warning states the jitter that succeeded.
+    return_info : bool, default False
+        Also return a :class:`SolverInfo` (0 iterations, the relative residual of the solve,
+        the jitter used), the record the iterative solvers return.
 
     Returns
     -------
-    torch.Tensor, shape (N, T), the dtype of ``Y``.
+    torch.Tensor, shape (N, T), the dtype of ``Y``
+        And the SolverInfo when ``return_info``.
+
+    Raises
+    ------
+    ValueError
+        Bad shapes, ridge < 0 or not finite, NaN/inf in K or Y.
+    torch.linalg.LinAlgError
+        K + ridge I not positive definite even after ``max_tries`` jitters (a kernel that is not
+        positive semidefinite, or ridge = 0 on a badly singular Gram): raise the ridge.
     """
+    t_start = time.perf_counter()
     if K.dim() != 2 or K.shape[0] != K.shape[1]:
         raise ValueError(f"cholesky: K must be square (N, N), got {tuple(K.shape)}")
     if Y.dim() != 2 or Y.shape[0] != K.shape[0]:
@@ -65,7 +82,22 @@ def cholesky(
                     RuntimeWarning,
                     stacklevel=2,
                 )
-            return torch.cholesky_solve(Y.to(A.dtype), L).to(Y.dtype)
+            C = torch.cholesky_solve(Y.to(A.dtype), L)
+            if not return_info:
+                return C.to(Y.dtype)
+            A.diagonal().sub_(jitter)  # the residual of the system asked for, not the jittered one
+            b = Y.to(A.dtype)
+            res = float(((A @ C - b).norm(dim=0) / b.norm(dim=0).clamp_min(1e-300)).max())
+            info = SolverInfo(
+                solver="cholesky",
+                converged=True,
+                residuals=[res],
+                true_residuals=[(0, res)],
+                final_residual=res,
+                time_s=time.perf_counter() - t_start,
+                extra={"jitter": jitter, "dtype": str(A.dtype).replace("torch.", "")},
+            )
+            return C.to(Y.dtype), info
         jitter = scale * 1e-10 * (10.0**attempt)
     raise torch.linalg.LinAlgError(
         f"cholesky: K + ridge I is not positive definite even with jitter {jitter:.3g} "

@@ -272,3 +272,37 @@ def test_presets_parse(name):
         raise
     assert spec.name == name and spec.source == f"preset:{name}"
     assert len({t.key for t in expand(spec)}) == len(expand(spec))
+
+
+def test_learner_may_run_at_a_subset_of_sizes():
+    from fastkernels.experiments.spec import expand, parse_spec
+
+    text = """
+[sweep]
+name = "s"
+n_train = [100, 200, 300]
+seeds = [0]
+[concept]
+name = "parity"
+d = 12
+k = 4
+[[learners]]
+label = "small only"
+type = "kernel_ridge"
+n_train = [100, 300]
+[[learners]]
+label = "all"
+type = "kernel_ridge"
+"""
+    trials = expand(parse_spec(text))
+    by_label = {}
+    for t in trials:
+        by_label.setdefault(t.label, []).append(t.n_train)
+    assert sorted(by_label["small only"]) == [100, 300]
+    assert sorted(by_label["all"]) == [100, 200, 300]
+    import pytest
+
+    from fastkernels.experiments.spec import SpecError
+
+    with pytest.raises(SpecError, match="n_train: expected a subset of"):
+        parse_spec(text.replace("n_train = [100, 300]", "n_train = [100, 400]"))

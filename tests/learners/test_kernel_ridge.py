@@ -47,7 +47,8 @@ def test_fixed_rbf_equals_closed_form():
     assert isinstance(pred, np.ndarray) and pred.shape == (9, 3) and pred.dtype == np.float64
     np.testing.assert_allclose(pred, expected, rtol=1e-8, atol=1e-10)
     assert model.ridge_ == 0.3 and model.validation_errors_ == []
-    assert model.hparams_ == {"kernel": "rbf", "gamma": 0.1, "ridge": 0.3}
+    # "auto" records the solver it picked (a direct solve at this size).
+    assert model.hparams_ == {"kernel": "rbf", "gamma": 0.1, "ridge": 0.3, "solver": "cholesky"}
     assert model.n_features_in_ == 4 and model.n_outputs_ == 3
     np.testing.assert_allclose(
         model.dual_coef_.numpy(), np.linalg.solve(rbf(X, X, 0.1) + 0.3 * np.eye(23), Y), rtol=1e-8
@@ -221,6 +222,8 @@ def test_get_set_params_repr_clone():
     assert set(params) == {
         "kernel", "kernel_params", "ridge", "ridge_grid", "bandwidth_grid",
         "validation_fraction", "dtype", "device", "random_state",
+        "solver", "n_centers", "memory_budget", "tol", "max_iter", "compute_dtype",
+        "search_size", "warm_start", "verbose",
     }  # fmt: skip
     assert model.set_params(ridge=0.1, random_state=3) is model
     assert model.ridge == 0.1 and model.random_state == 3
@@ -330,3 +333,132 @@ def test_score_rejects_mismatched_y(method):
     wrong = Yt.T.reshape(-1, 1) if method == "score" else Yt[:, :1]
     with pytest.raises(ValueError, match="Y"):
         getattr(model, method)(Xt, wrong)
+
+
+# -- solvers -----------------------------------------------------------------------------------
+
+
+def _rbf_problem(n=240, seed=11):
+    X, Y, Xt, Yt = data(n=n, d=3, k=2, n_test=50, seed=seed)
+    return X, Y, Xt, Yt
+
+
+@pytest.mark.parametrize("solver", ["cg", "nystrom"])
+def test_iterative_solvers_match_cholesky(solver):
+    X, Y, Xt, _ = _rbf_problem()
+    common = {"kernel_params": {"gamma": 0.3}, "ridge": 0.05, "verbose": False}
+    ref = KernelRidge(solver="cholesky", **common).fit(X, Y)
+    # Nystrom with every point as a centre is exact kernel ridge.
+    extra = {"n_centers": 240} if solver == "nystrom" else {}
+    model = KernelRidge(solver=solver, tol=1e-6, compute_dtype="float64", **extra, **common)
+    model.fit(X, Y)
+    np.testing.assert_allclose(model.predict(Xt), ref.predict(Xt), rtol=1e-5, atol=1e-5)
+    info = model.solver_info_
+    assert info["solver"] == solver and info["converged"] and info["iterations"] > 0
+    assert len(info["residuals"]) == info["iterations"] + 1 and info["reason"] == "requested"
+    assert model.hparams_["solver"] == solver
+    json.dumps(model.solver_info_)
+    json.dumps(model.hparams_)
+    if solver == "nystrom":
+        assert model.centers_.shape == (240, 3) and model.hparams_["n_centers"] == 240
+    else:
+        assert model.centers_ is None and info["extra"]["preconditioner_rank"] > 0
+
+
+def test_auto_choice_rules():
+    from fastkernels.learners.kernel_ridge import choose_solver
+
+    gb = 4 * 1024**3
+    assert choose_solver(1000, 1, gb, 0.1)[0] == "cholesky"
+    assert choose_solver(3000, 200, gb, 0.1)[0] == "cholesky"  # many outputs favour direct
+    assert choose_solver(20_000, 1, gb, 0.1)[0] == "cg"
+    assert choose_solver(10_000, 1, gb, 0.0)[0] == "cholesky"  # ridgeless: direct while it fits
+    name, reason = choose_solver(10**6, 15, gb, 0.1)
+    assert name == "nystrom" and "exceeds" in reason
+    assert choose_solver(20_000, 1, 10**8, 0.1)[0] == "nystrom"  # the budget decides
+
+
+def test_auto_says_what_it_picked(capsys):
+    X, Y, _, _ = _rbf_problem(n=120)
+    # A budget below the Cholesky's 3 x 8 N^2 bytes but above the float32 Gram: CG.
+    model = KernelRidge(kernel_params={"gamma": 0.3}, ridge=0.1, memory_budget=300_000)
+    model.fit(X, Y)
+    assert model.hparams_["solver"] == "cg" and "fits" in model.solver_info_["reason"]
+    assert "solver='cg'" in capsys.readouterr().err
+    model.set_params(verbose=False).fit(X, Y)
+    assert capsys.readouterr().err == ""
+
+
+def test_unconverged_fit_warns_and_keeps_history():
+    X, Y, _, _ = _rbf_problem()
+    model = KernelRidge(
+        kernel_params={"gamma": 0.05}, ridge=1e-9, solver="cg", n_centers=2, max_iter=3,
+        tol=1e-10, verbose=False, compute_dtype="float64",
+    )  # fmt: skip
+    with pytest.warns(RuntimeWarning, match="NOT CONVERGED"):
+        model.fit(X, Y)
+    assert model.solver_info_["converged"] is False
+    info = model.solver_info_
+    assert info["final_residual"] > 1e-10 and len(info["residuals"]) == 4
+
+
+def test_search_on_subsample_with_nystrom():
+    X, Y, Xt, Yt = _rbf_problem(n=300)
+    model = KernelRidge(
+        kernel="rbf", solver="nystrom", n_centers=60, search_size=120, verbose=False
+    ).fit(X, Y)
+    assert model.hparams_["search_samples"] == 120 and model.hparams_["n_centers"] == 60
+    assert len(model.validation_errors_) == len(DEFAULT_BANDWIDTH_GRID) * len(DEFAULT_RIDGE_GRID)
+    assert np.isfinite(model.test_error(Xt, Yt))
+
+
+def test_warm_start_on_nested_subsets():
+    X, Y, _, _ = _rbf_problem(n=300)
+    common = {"kernel_params": {"gamma": 0.3}, "ridge": 0.05, "verbose": False, "tol": 1e-8}
+    common["compute_dtype"] = "float64"  # a float32 Gram cannot reach tol 1e-8
+    for solver, extra in (("cg", {}), ("nystrom", {"n_centers": 50})):
+        model = KernelRidge(solver=solver, warm_start=True, **extra, **common).fit(X[:200], Y[:200])
+        model.fit(X, Y)
+        warm = model.solver_info_
+        cold = KernelRidge(solver=solver, **extra, **common).fit(X, Y).solver_info_
+        assert warm["extra"]["warm_start"] and not cold["extra"]["warm_start"]
+        assert warm["iterations"] < cold["iterations"]
+        # Not a prefix: no warm start.
+        model.fit(X[::-1].copy(), Y[::-1].copy())
+        assert not model.solver_info_["extra"]["warm_start"]
+
+
+@pytest.mark.parametrize(
+    "params,match",
+    [
+        ({"solver": "lu"}, "solver"),
+        ({"solver": "nystrom", "n_centers": 500}, "more than the N"),
+        ({"solver": "cg", "n_centers": 500}, "more than the N"),
+        ({"n_centers": 0}, "n_centers"),
+        ({"memory_budget": "tiny"}, "memory_budget"),
+        ({"memory_budget": 0}, "memory_budget"),
+        ({"solver": "cg", "memory_budget": 500}, "too small for one tile"),
+        ({"solver": "nystrom", "memory_budget": 500}, "memory_budget"),
+        ({"tol": 0.0}, "tol"),
+        ({"tol": 1.0}, "tol"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"compute_dtype": "float16"}, "compute_dtype"),
+        ({"search_size": 1}, "search_size"),
+    ],
+)
+def test_bad_solver_params(params, match):
+    X, Y, _, _ = data()
+    with pytest.raises(ValueError, match=match):
+        KernelRidge(kernel_params={"gamma": 0.1}, ridge=0.1, verbose=False, **params).fit(X, Y)
+
+
+def test_ridgeless_not_positive_definite_is_a_documented_fallback():
+    # Linear kernel, N > D, ridge 0: K is singular. Cholesky adds jitter and says so.
+    X, Y, _, _ = data(n=30, d=3)
+    with pytest.warns(RuntimeWarning, match="jitter"):
+        model = KernelRidge(kernel="linear", ridge=0.0, verbose=False).fit(X, Y)
+    assert np.isfinite(model.predict(X)).all()
+    # A kernel that is not PSD at all (negative ridge is refused; an indefinite "kernel" fails
+    # with a clear LinAlgError naming the ridge, not a crash).
+    with pytest.raises(ValueError, match="ridge"):
+        KernelRidge(kernel="linear", ridge=-1.0).fit(X, Y)

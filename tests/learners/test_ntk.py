@@ -62,6 +62,7 @@ def test_predictions_equal_independent_kernel_ridge(arch, block, trainable):
         "trainable": trainable,
         "scaling": "standard",
         "ridge": ridge,
+        "solver": "cholesky",  # what solver="auto" picked at this size
     }
     json.dumps(model.hparams_)
 
@@ -147,3 +148,14 @@ def test_bad_input():
 def test_predict_before_fit_message():
     with pytest.raises(RuntimeError, match="not fitted"):
         NTKRegressor().predict(torch.ones(2, 2))
+
+
+def test_iterative_solver_matches_cholesky():
+    X, Y, Xt = data(n=60, seed=2)
+    common = {"arch": "3resnet", "width": 8, "ridge": 0.05, "verbose": False}
+    ref = NTKRegressor(**common, solver="cholesky").fit(X, Y)
+    model = NTKRegressor(**common, solver="cg", tol=1e-8, compute_dtype="float64").fit(X, Y)
+    np.testing.assert_allclose(
+        model.predict(Xt).numpy(), ref.predict(Xt).numpy(), rtol=1e-5, atol=1e-6
+    )
+    assert model.hparams_["solver"] == "cg" and model.solver_info_["converged"]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fastkernels import ops
+from fastkernels.ops._common import CPP_KERNELS
 
 # (kernel, packed params); ids name the kernel and its discrete parameter.
 CASES = [
@@ -25,6 +26,17 @@ CASE_IDS = [f"{k}{'-' + '-'.join(f'{p:g}' for p in ps) if ps else ''}" for k, ps
 
 # Implementations callable on CPU tensors: the reference always, C++ when it was built.
 IMPLS = ["reference"] + (["cpp"] if ops.HAS_CPP else [])
+# Every (implementation, kernel) pair that exists: the C++ path covers CPP_KERNELS only, so no
+# parametrisation is generated (and skipped) for the others.
+IMPL_CASES = [
+    (impl, k, ps) for impl in IMPLS for k, ps in CASES if impl == "reference" or k in CPP_KERNELS
+]
+IMPL_CASE_IDS = [
+    f"{impl}-{cid}"
+    for impl in IMPLS
+    for (k, _), cid in zip(CASES, CASE_IDS)
+    if impl == "reference" or k in CPP_KERNELS
+]
 
 
 def randn(*shape, seed=0, dtype=torch.float64):

@@ -1,0 +1,315 @@
+"""Linear operators the iterative solvers work on: a dense matrix, or a kernel never stored.
+
+The solvers only need ``shape`` and ``matvec`` (an (M, T) block in, an (N, T) block out), so
+anything with those two works: a tensor (wrapped by :func:`as_operator`), a
+:class:`KernelOperator` whose products go through the kernel's public ``mv`` / ``__call__``
+(and so through the ``kernel_mv`` / ``gram`` custom ops once they back the Kernel objects), or a
+user object. The Nystrom solver also uses ``normal_mv`` (K^T K V in one pass over the rows).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from ._common import DEFAULT_MEMORY_BUDGET, format_bytes, parse_bytes
+
+__all__ = ["LinearOperator", "DenseOperator", "KernelOperator", "as_operator"]
+
+# The reference kernel formulas hold about this many (rows x M) temporaries at their peak (the
+# inner products, the squared distances, the result, a mask): a tile of b rows costs
+# b * M * itemsize * _TILE_TEMPS bytes.
+_TILE_TEMPS = 4
+# Row tiles stay below this many entries so that a tile's temporaries live in the cache
+# hierarchy rather than streaming through main memory (measured: 2048 x 8000 float32 tiles run
+# about 2x faster per entry than whole 8000 x 8000 Grams on a 2-core CPU).
+_TILE_ENTRIES = 1 << 24
+# The smallest tile the blocked products accept; a budget below it is an error, not a crawl.
+MIN_TILE_ROWS = 16
+
+
+@runtime_checkable
+class LinearOperator(Protocol):
+    """Anything with ``shape`` (N, M) and ``matvec`` mapping an (M, T) block to an (N, T) block."""
+
+    shape: tuple[int, int]
+
+    def matvec(self, V: torch.Tensor) -> torch.Tensor: ...
+
+
+class DenseOperator:
+    """A stored matrix as a linear operator.
+
+    Parameters
+    ----------
+    K : Tensor, shape (N, M), float32 or float64
+    """
+
+    def __init__(self, K: torch.Tensor):
+        if not isinstance(K, torch.Tensor) or K.dim() != 2:
+            raise ValueError(f"DenseOperator: K must be a 2-D tensor, got {_describe(K)}")
+        if not K.is_floating_point():
+            raise TypeError(f"DenseOperator: K must be float32 or float64, got {K.dtype}")
+        self.K = K
+        self.shape = (K.shape[0], K.shape[1])
+        self.dtype, self.device = K.dtype, K.device
+
+    def matvec(self, V: torch.Tensor) -> torch.Tensor:
+        """K @ V for V (M, T); the result has V's dtype (the product runs in K's dtype)."""
+        return (self.K @ V.to(self.K.dtype)).to(V.dtype)
+
+    def rmatvec(self, V: torch.Tensor) -> torch.Tensor:
+        """K^T @ V for V (N, T)."""
+        return (self.K.mT @ V.to(self.K.dtype)).to(V.dtype)
+
+    def normal_mv(self, V: torch.Tensor) -> torch.Tensor:
+        """K^T K V for V (M, T)."""
+        return self.rmatvec(self.matvec(V))
+
+    def columns(self, idx: torch.Tensor) -> torch.Tensor:
+        """K[:, idx], shape (N, len(idx))."""
+        return self.K[:, idx]
+
+    def diag(self) -> torch.Tensor:
+        return self.K.diagonal()
+
+
+class KernelOperator:
+    """K(x1, x2) as a linear operator, computed in row tiles and stored only as far as allowed.
+
+    Parameters
+    ----------
+    kernel : Kernel or kernel-like
+        Anything with ``kernel(a, b)`` -> (len(a), len(b)) Gram block and
+        ``kernel.mv(a, b, v)`` -> ``kernel(a, b) @ v`` (e.g. :class:`fastkernels.kernels.RBF`,
+        :class:`fastkernels.ntk.kernel.EmpiricalNTK`).
+    x1 : Tensor, shape (N, D)
+    x2 : Tensor, shape (M, D), optional
+        Defaults to ``x1`` (the square, symmetric Gram with an exact diagonal).
+    dtype : torch.dtype, optional
+        Dtype the kernel is evaluated and stored in (default: ``x1``'s). float32 halves memory
+        and doubles GEMM speed; the solvers keep their recurrences in float64.
+    memory_budget : int or str, default 4 GiB
+        Bytes this operator may hold: tiles in flight plus whatever it caches.
+    cache : {"auto", "dense", "none"}, default "auto"
+        ``"dense"``: build and keep the whole (N, M) matrix (error if it exceeds the budget).
+        ``"auto"``: in :meth:`normal_mv`, keep as many leading row tiles as the budget allows
+        (later passes reuse them) and recompute the rest; :meth:`matvec` without a dense cache
+        calls ``kernel.mv`` (memory-free). ``"none"``: never keep tiles.
+
+    Raises
+    ------
+    ValueError
+        The budget cannot hold one tile of :data:`MIN_TILE_ROWS` rows (or the dense matrix
+        with ``cache="dense"``).
+    """
+
+    def __init__(
+        self,
+        kernel,
+        x1: torch.Tensor,
+        x2: torch.Tensor | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+        memory_budget=DEFAULT_MEMORY_BUDGET,
+        cache: str = "auto",
+        reserved_bytes: int = 0,
+    ):
+        where = "KernelOperator"
+        if not callable(kernel) or not hasattr(kernel, "mv"):
+            raise TypeError(f"{where}: kernel must be callable with an mv method, got {kernel!r}")
+        if cache not in ("auto", "dense", "none"):
+            raise ValueError(f"{where}: cache must be 'auto', 'dense' or 'none', got {cache!r}")
+        dtype = x1.dtype if dtype is None else dtype
+        self.square = x2 is None or x2 is x1
+        self.kernel = kernel
+        self.x1 = x1.to(dtype)
+        self.x2 = self.x1 if self.square else x2.to(dtype)
+        self.dtype, self.device = dtype, x1.device
+        self.shape = (self.x1.shape[0], self.x2.shape[0])
+        self.memory_budget = parse_bytes(memory_budget, where=where)
+        self.itemsize = torch.finfo(dtype).bits // 8
+        n, m = self.shape
+        row_bytes = m * self.itemsize
+        free = self.memory_budget - reserved_bytes
+        need = min(n, MIN_TILE_ROWS) * row_bytes * _TILE_TEMPS
+        if free < need:
+            raise ValueError(
+                f"{where}: memory_budget {format_bytes(self.memory_budget)} is too small for one "
+                f"tile of {min(n, MIN_TILE_ROWS)} x {m} kernel entries "
+                f"({format_bytes(need)} with temporaries"
+                + (f", after {format_bytes(reserved_bytes)} reserved" if reserved_bytes else "")
+                + "); raise memory_budget"
+                + (" or lower n_centers" if not self.square else "")
+            )
+        self.block_rows = int(
+            max(MIN_TILE_ROWS, min(n, _TILE_ENTRIES // m, free // 2 // (row_bytes * _TILE_TEMPS)))
+        )
+        self.block_rows = min(self.block_rows, n)
+        # Whatever the tiles in flight leave is the cache allowance.
+        self.cache_bytes = max(0, free - self.block_rows * row_bytes * _TILE_TEMPS)
+        self.cache = cache
+        self.K: torch.Tensor | None = None
+        self._tiles: list[torch.Tensor] = []  # cached leading row tiles (normal_mv)
+        self._diag: torch.Tensor | None = None
+        if cache == "dense":
+            self.build_dense()
+
+    # -- storage ------------------------------------------------------------------------------
+    @property
+    def dense_bytes(self) -> int:
+        return self.shape[0] * self.shape[1] * self.itemsize
+
+    @property
+    def cached_bytes(self) -> int:
+        if self.K is not None:
+            return self.dense_bytes
+        return sum(t.numel() for t in self._tiles) * self.itemsize
+
+    def _tile(self, i0: int, i1: int) -> torch.Tensor:
+        blk = self.kernel(self.x1[i0:i1], self.x2).to(self.dtype)
+        if self.square:
+            # A row tile of x1 against all of x1: its self-pairs sit on a shifted diagonal that
+            # the Kernel call cannot see, so they are restored from the exact kernel diagonal.
+            rows = torch.arange(i1 - i0, device=blk.device)
+            blk[rows, rows + i0] = self.diag()[i0:i1]
+        return blk
+
+    def build_dense(self) -> torch.Tensor:
+        """Compute and keep the whole (N, M) matrix (square: upper tiles mirrored)."""
+        if self.K is not None:
+            return self.K
+        if self.dense_bytes > self.cache_bytes:
+            raise ValueError(
+                f"KernelOperator: the dense {self.shape[0]} x {self.shape[1]} kernel matrix "
+                f"({format_bytes(self.dense_bytes)}) does not fit memory_budget "
+                f"{format_bytes(self.memory_budget)}; use the memory-free path (cache='auto')"
+            )
+        n, m = self.shape
+        K = torch.empty((n, m), dtype=self.dtype, device=self.device)
+        if self.square:
+            # Symmetry halves the kernel evaluations: square tiles on and above the diagonal,
+            # mirrored below. Diagonal tiles pass one tensor twice, so self-pairs are exact.
+            b = int(max(MIN_TILE_ROWS, min(n, int((_TILE_ENTRIES // 4) ** 0.5) * 2)))
+            for i0 in range(0, n, b):
+                i1 = min(n, i0 + b)
+                xi = self.x1[i0:i1]
+                K[i0:i1, i0:i1] = self.kernel(xi, xi).to(self.dtype)
+                if i1 < n:
+                    blk = self.kernel(xi, self.x1[i1:]).to(self.dtype)
+                    K[i0:i1, i1:] = blk
+                    K[i1:, i0:i1] = blk.mT
+        else:
+            for i0 in range(0, n, self.block_rows):
+                i1 = min(n, i0 + self.block_rows)
+                K[i0:i1] = self._tile(i0, i1)
+        self.K = K
+        self._tiles = []
+        return K
+
+    # -- products -----------------------------------------------------------------------------
+    def matvec(self, V: torch.Tensor) -> torch.Tensor:
+        """K @ V for V (M, T), result (N, T) in V's dtype; memory-free unless cached dense."""
+        if self.K is not None:
+            return (self.K @ V.to(self.dtype)).to(V.dtype)
+        out = self.kernel.mv(self.x1, self.x2, V.to(self.dtype))
+        return out.to(V.dtype)
+
+    def normal_mv(self, V: torch.Tensor) -> torch.Tensor:
+        """K^T (K V) for V (M, T) in one pass over row tiles; result (M, T) in V's dtype.
+
+        Each tile's partial product runs in the operator's dtype and is accumulated in V's dtype
+        (float64 for the solvers), so rounding does not grow with the number of tiles.
+        """
+        Vc = V.to(self.dtype)
+        if self.K is not None:
+            return (self.K.mT @ (self.K @ Vc)).to(V.dtype)
+        out = torch.zeros((self.shape[1], V.shape[1]), dtype=V.dtype, device=V.device)
+        n, row_bytes = self.shape[0], self.shape[1] * self.itemsize
+        for t, i0 in enumerate(range(0, n, self.block_rows)):
+            i1 = min(n, i0 + self.block_rows)
+            if t < len(self._tiles):
+                blk = self._tiles[t]
+            else:
+                blk = self._tile(i0, i1)
+                if (
+                    self.cache == "auto"
+                    and t == len(self._tiles)
+                    and self.cached_bytes + (i1 - i0) * row_bytes <= self.cache_bytes
+                ):
+                    self._tiles.append(blk)
+            out += (blk.mT @ (blk @ Vc)).to(V.dtype)
+        return out
+
+    def rmatvec(self, V: torch.Tensor) -> torch.Tensor:
+        """K^T @ V for V (N, T), result (M, T) in V's dtype (one pass over row tiles)."""
+        Vc = V.to(self.dtype)
+        if self.K is not None:
+            return (self.K.mT @ Vc).to(V.dtype)
+        out = torch.zeros((self.shape[1], V.shape[1]), dtype=V.dtype, device=V.device)
+        for t, i0 in enumerate(range(0, self.shape[0], self.block_rows)):
+            i1 = min(self.shape[0], i0 + self.block_rows)
+            blk = self._tiles[t] if t < len(self._tiles) else self._tile(i0, i1)
+            out += (blk.mT @ Vc[i0:i1]).to(V.dtype)
+        return out
+
+    def columns(self, idx: torch.Tensor) -> torch.Tensor:
+        """K[:, idx], shape (N, len(idx)), in the operator's dtype."""
+        if self.K is not None:
+            return self.K[:, idx]
+        out = self.kernel(self.x1, self.x2[idx]).to(self.dtype)
+        if self.square:
+            # Restore exact self-pairs (x1[idx[j]] against itself) lost by indexing.
+            d = self.diag()
+            out[idx, torch.arange(len(idx), device=out.device)] = d[idx]
+        return out
+
+    def diag(self) -> torch.Tensor:
+        """The diagonal, shape (min(N, M),) (square operators: k(x_i, x_i))."""
+        if self.K is not None:
+            return self.K.diagonal()
+        if self.square:
+            if self._diag is None:
+                self._diag = self.kernel.diag(self.x1).to(self.dtype)
+            return self._diag
+        m = min(self.shape)
+        return torch.stack(
+            [self.kernel(self.x1[i : i + 1], self.x2[i : i + 1])[0, 0] for i in range(m)]
+        )
+
+
+def as_operator(A, where: str = "solver"):
+    """A tensor as a :class:`DenseOperator`; an object with ``matvec`` and ``shape`` as itself.
+
+    Raises
+    ------
+    TypeError
+        Neither a 2-D tensor nor an operator.
+    """
+    if isinstance(A, torch.Tensor):
+        return DenseOperator(A)
+    if hasattr(A, "matvec") and hasattr(A, "shape"):
+        return A
+    if hasattr(A, "mv") and hasattr(A, "shape") and not hasattr(A, "params"):
+        return _MvAdapter(A)
+    raise TypeError(
+        f"{where}: A must be a 2-D tensor or a linear operator with shape and matvec(V), "
+        f"got {type(A).__name__}"
+    )
+
+
+class _MvAdapter:
+    """An object exposing ``mv(V)`` and ``shape`` seen through ``matvec``."""
+
+    def __init__(self, A):
+        self.A, self.shape = A, tuple(A.shape)
+
+    def matvec(self, V):
+        return self.A.mv(V)
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"tensor of shape {tuple(x.shape)}"
+    return type(x).__name__

@@ -1,0 +1,110 @@
+"""FALKON-style Nystrom PCG: against the dense normal equations, exactness at M = N, bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from fastkernels.kernels import NTK, RBF
+from fastkernels.solvers import ConvergenceWarning, nystrom_pcg
+
+F64 = torch.float64
+
+
+def randn(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=F64)
+
+
+def problem(n=301, d=4, t=3, seed=0):
+    X = randn(n, d, seed=seed)
+    Y = torch.sin(X @ randn(d, t, seed=seed + 1))
+    return X, Y
+
+
+def normal_equations(k, X, Z, Y, ridge):
+    Knm, Kmm = k(X, Z), k(Z, Z)
+    return torch.linalg.solve(Knm.T @ Knm + ridge * Kmm, Knm.T @ Y)
+
+
+@pytest.mark.parametrize("kernel", [RBF(gamma=0.3), NTK(arch="3resnet")], ids=["rbf", "ntk"])
+def test_equals_dense_normal_equations(kernel):
+    X, Y = problem()
+    res = nystrom_pcg(
+        kernel, X, Y, 0.05, n_centers=37, tol=1e-10, dtype=F64, verbose=False,
+        generator=torch.Generator().manual_seed(1), memory_budget=200_000,
+    )  # fmt: skip
+    assert res.coef.shape == (37, 3) and res.centers.shape == (37, 4)
+    assert torch.equal(res.centers, X[res.center_indices])
+    ref = normal_equations(kernel, X, res.centers, Y, 0.05)
+    torch.testing.assert_close(res.coef, ref, rtol=1e-6, atol=1e-6 * float(ref.abs().max()))
+    assert res.info.converged and res.info.iterations < 60
+    # The budget forced several tiles, some cached: the passes still add up exactly.
+    assert 0 < res.info.extra["cached_bytes"] < 301 * 37 * 8
+
+
+def test_all_points_as_centres_is_exact_kernel_ridge():
+    X, Y = problem(n=80)
+    k = RBF(gamma=0.5)
+    res = nystrom_pcg(k, X, Y, 0.1, centers=X, tol=1e-10, dtype=F64, verbose=False)
+    exact = torch.linalg.solve(k(X) + 0.1 * torch.eye(80, dtype=F64), Y)
+    Xt = randn(9, 4, seed=5)
+    torch.testing.assert_close(k(Xt, X) @ res.coef, k(Xt, X) @ exact, rtol=1e-6, atol=1e-6)
+    assert res.center_indices is None
+
+
+def test_float32_tiles_and_one_d_target():
+    X, Y = problem()
+    res = nystrom_pcg(RBF(gamma=0.3), X, Y[:, 0], 0.05, n_centers=40, tol=1e-4, verbose=False)
+    assert res.coef.shape == (40,) and res.coef.dtype == F64
+    ref = normal_equations(RBF(gamma=0.3), X, res.centers, Y[:, :1], 0.05)[:, 0]
+    pred, pref = RBF(gamma=0.3)(X, res.centers) @ res.coef, RBF(gamma=0.3)(X, res.centers) @ ref
+    assert float((pred - pref).norm() / pref.norm()) < 1e-3
+
+
+def test_warm_start_from_solution():
+    X, Y = problem()
+    k = RBF(gamma=0.3)
+    cold = nystrom_pcg(k, X, Y, 0.05, n_centers=30, tol=1e-8, dtype=F64, verbose=False)
+    warm = nystrom_pcg(
+        k, X, Y, 0.05, centers=cold.centers, x0=cold.coef, tol=1e-8, dtype=F64, verbose=False
+    )
+    assert warm.info.iterations <= 1 < cold.info.iterations
+    torch.testing.assert_close(warm.coef, cold.coef, rtol=1e-6, atol=1e-7)
+
+
+def test_unconverged_warns():
+    X, Y = problem()
+    with pytest.warns(ConvergenceWarning, match="nystrom_pcg: NOT CONVERGED"):
+        res = nystrom_pcg(RBF(gamma=0.3), X, Y, 1e-9, n_centers=100, tol=1e-12, max_iter=2,
+                          dtype=F64, verbose=False)  # fmt: skip
+    assert not res.info.converged and len(res.info.residuals) == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"n_centers": 400}, "more than the N"),
+        ({"n_centers": 0}, "n_centers"),
+        ({"ridge": -1.0}, "ridge"),
+        ({"Y": "nan"}, "NaN"),
+        ({"memory_budget": 10_000}, "memory_budget"),
+        ({"memory_budget": 38_000}, "too small for one tile"),
+        ({"centers": "wrong-d"}, "centers"),
+        ({"tol": 1.5}, "tol"),
+    ],
+)
+def test_bad_input(kwargs, match):
+    X, Y = problem()
+    if kwargs.pop("Y", None) == "nan":
+        Y = Y.clone()
+        Y[0, 0] = float("nan")
+    if kwargs.get("centers") == "wrong-d":
+        kwargs["centers"] = X[:5, :2]
+    kwargs.setdefault("n_centers", 30)
+    ridge = kwargs.pop("ridge", 0.1)
+    with pytest.raises(ValueError, match=match), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nystrom_pcg(RBF(gamma=0.3), X, Y, ridge, verbose=False, **kwargs)
