@@ -34,9 +34,11 @@ DEFAULT_RIDGE_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 DEFAULT_BANDWIDTH_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 SOLVERS = ("auto", "cholesky", "cg", "nystrom")
-# "auto" solves directly up to this N (or 20 x the output count): below it a float64 Cholesky
-# costs about as much as building the Gram for CG, and it is exact.
-AUTO_CHOLESKY_MAX_N = 2000
+# "auto" solves directly up to this N (or 20 x the output count): a float64 Cholesky of
+# N = 8000 takes a few seconds on 2 cores, is exact whatever the conditioning, and avoids the
+# rounding floor of CG on a float32 Gram (an RBF with a wide bandwidth and a small ridge stalls
+# there near 1e-3 relative residual).
+AUTO_CHOLESKY_MAX_N = 8000
 # Default rank of the CG preconditioner: 500 landmark columns cut the iterations of an RBF
 # problem from ~100 to ~15 at N = 8000; more columns cost more setup than they save.
 DEFAULT_CG_RANK = 500
@@ -56,7 +58,7 @@ def choose_solver(
 ) -> tuple[str, str]:
     """The solver ``solver="auto"`` picks, with the reason, from N, outputs and the budget.
 
-    - ``"cholesky"`` for N <= max(2000, 20 T) (T outputs) when the float64 Gram and its factor
+    - ``"cholesky"`` for N <= max(8000, 20 T) (T outputs) when the float64 Gram and its factor
       (3 N^2 x 8 bytes) fit the budget, and for ridge = 0 (ridgeless interpolation, where CG is
       unreliable) whenever they fit;
     - ``"cg"`` (exact kernel ridge on the dense Gram, stored in the compute dtype, with a

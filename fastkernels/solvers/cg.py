@@ -124,6 +124,7 @@ def cg(
         info.time_s = time.perf_counter() - t_start
         return _shape_like(X, B, one_d), info
 
+    # Rounding floor of the products: a float32 Gram cannot give residuals much below sqrt(eps).
     floor = torch.finfo(getattr(op, "dtype", work)).eps ** 0.5
     precond = preconditioner if preconditioner is not None else (lambda r: r)
     Z = precond(R).to(work)
@@ -132,6 +133,7 @@ def cg(
     active = res_cols > tol  # columns still iterating; confirmed ones are frozen
     bar = Progress(desc, max_iter, tol, verbose)
     res0, best, stall, why = res, res, 0, f"max_iter = {max_iter} reached"
+    X_best = X.clone()
     it = 0
     try:
         while it < max_iter:
@@ -148,8 +150,14 @@ def cg(
             check = it % check_every == 0 or bool((res_cols[active] <= tol).all()) or it == max_iter
             if check:
                 # Residual replacement: the recurrence drifts from b - A x in finite precision.
+                drifted = res_cols.clone()
                 R = true_residual(X)
                 res_cols = R.norm(dim=0) / safe
+                if bool((res_cols > 2 * drifted).any()):
+                    # The recurrence had lost touch with the true residual (inexact products,
+                    # e.g. a float32 Gram): restart the search direction from the true residual
+                    # rather than carry directions that are no longer conjugate.
+                    rz = None
                 info.true_residuals.append((it, float(res_cols.max())))
                 active = res_cols > tol
             res = float(res_cols.max())
@@ -158,24 +166,36 @@ def cg(
             if not bool(active.any()):
                 break
             if check:
-                # Stagnation near the rounding floor of the products (e.g. a float32 Gram): three
-                # checks without a 2x gain there means more iterations would only burn time.
-                # Above sqrt(eps) a slow stretch is an ordinary CG plateau: keep going.
-                if res < 0.5 * best or res > floor:
+                # Keep the best iterate by true residual. Inexact products (a float32 Gram of an
+                # ill-conditioned kernel) put a floor under the attainable residual, beyond which
+                # CG drifts upwards: near that floor, 3 checks without a new best stop it; a 100x
+                # blow-up stops it anywhere. Far above the floor a slow or non-monotone stretch
+                # is an ordinary CG plateau (the residual norm is not what CG minimises).
+                if res < best:
                     best, stall = res, 0
-                else:
+                    X_best = X.clone()
+                elif res > 100 * best:
+                    why = f"diverged from {best:.2e} to {res:.2e} (inexact products?)"
+                    break
+                elif best <= 10 * floor:
                     stall += 1
                     if stall >= 3:
-                        why = f"stagnated at {res:.2e} (rounding floor of the products?)"
+                        why = (
+                            f"stagnated at {best:.2e} for {stall * check_every} iterations "
+                            "(rounding floor of the products)"
+                        )
                         break
             Z = precond(R).to(work)
             rz_new = (R * Z).sum(0)
-            beta = torch.where(
-                active & (rz > 0),
-                rz_new / torch.where(rz > 0, rz, torch.ones_like(rz)),
-                torch.zeros_like(rz),
-            )
-            P = Z + beta * P
+            if rz is None:
+                P = Z.clone()
+            else:
+                beta = torch.where(
+                    active & (rz > 0),
+                    rz_new / torch.where(rz > 0, rz, torch.ones_like(rz)),
+                    torch.zeros_like(rz),
+                )
+                P = Z + beta * P
             rz = rz_new
     finally:
         bar.close()
@@ -184,7 +204,11 @@ def cg(
         res = float((true_residual(X).norm(dim=0) / safe).max())
         info.true_residuals.append((it, res))
         info.residuals[-1] = res
-    info.final_residual = info.true_residuals[-1][1]
+    final = info.true_residuals[-1][1]
+    if final > best:
+        # An earlier iterate was better: return it (its true residual was measured).
+        X, final = X_best, best
+    info.final_residual = final
     info.converged = info.final_residual <= tol
     info.time_s = time.perf_counter() - t_start
     if not info.converged:

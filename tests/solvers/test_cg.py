@@ -196,3 +196,30 @@ def test_budget_too_small_for_one_tile():
         KernelOperator(k, X, memory_budget=600_000, cache="dense")
     with pytest.raises(ValueError, match="memory_budget"):
         KernelOperator(k, X, memory_budget="lots")
+
+
+def test_float32_gram_at_its_rounding_floor_returns_best_iterate():
+    # A wide-bandwidth RBF with a small ridge on parity data: the float32 Gram cannot give a
+    # residual below ~1e-3, past which CG used to drift upwards without bound. It must stop,
+    # warn, return its best iterate, and still predict like the exact solve.
+    import warnings
+
+    from fastkernels.concepts import ParityConcept
+    from fastkernels.kernels import RBF
+
+    X, Y = ParityConcept.earlier(seed=0).sample(3000)
+    k = RBF(gamma=1 / 240)
+    op = KernelOperator(k, X, cache="dense", dtype=torch.float32)
+    P = NystromPreconditioner(op, 0.01, 500, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        C, info = cg(op, Y, 0.01, preconditioner=P, tol=1e-6, max_iter=300, verbose=False)
+    assert not info.converged
+    assert any(issubclass(w.category, ConvergenceWarning) for w in record)
+    assert info.iterations < 300  # stopped on stagnation, not by running out of iterations
+    assert info.final_residual == min(r for _, r in info.true_residuals)
+    assert info.final_residual < 1e-2
+    K64 = k(X.double())
+    C64 = exact(K64, Y, 0.01)
+    rel = (K64 @ C - K64 @ C64).norm() / (K64 @ C64).norm()
+    assert rel < 1e-3
