@@ -96,10 +96,12 @@ def _fastkernels(solver: str):
 
 
 def _sklearn():
-    # scikit-learn runs in a child process: at N = 20000 its LAPACK solve segfaulted inside
-    # this process (scipy's OpenBLAS threads next to torch's OpenMP runtime). The benchmark's
-    # time therefore includes the child's start and imports (about 1-2 s); the child's own fit +
-    # predict time is recorded as extra_info["inner_s"].
+    # scikit-learn runs in a child process: at N = 20000 scipy's bundled multi-threaded OpenBLAS
+    # (0.3.31 here) segfaults in the Cholesky solve, with or without torch in the process. When
+    # the child crashes it is run again with OPENBLAS_NUM_THREADS=1, which works but is slower;
+    # extra_info["sklearn_blas_threads"] records which run produced the result. The time
+    # includes the child's start and imports (1-2 s; and a crashed first attempt); the child's
+    # own fit + predict time is extra_info["inner_s"].
     import subprocess
     import sys
     import tempfile
@@ -120,9 +122,15 @@ def _sklearn():
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = f"{tmp}/in.npz", f"{tmp}/out.npy"
         np.savez(inp, X=X.numpy(), Y=Y.numpy(), Xt=Xt.numpy())
-        res = subprocess.run(
-            [sys.executable, "-c", code, inp, out], capture_output=True, text=True, check=True
-        )
+        cmd = [sys.executable, "-c", code, inp, out]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        _INNER["threads"] = "default"
+        if res.returncode < 0:  # killed by a signal (the OpenBLAS segfault)
+            env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            _INNER["threads"] = 1
+        if res.returncode != 0:
+            raise RuntimeError(f"scikit-learn child failed ({res.returncode}): {res.stderr[-500:]}")
         _INNER["s"] = float(res.stdout.strip().splitlines()[-1])
         return np.load(out), 0
 
@@ -193,5 +201,6 @@ def test_krr(benchmark, provider):
     )
     if provider == "sklearn":
         benchmark.extra_info["inner_s"] = _INNER["s"]
+        benchmark.extra_info["sklearn_blas_threads"] = _INNER["threads"]
     if provider != "fastkernels-nystrom":  # Nystrom is an approximation by design
         assert rel < 1e-3, f"{provider}: test MSE {mse:.6g} vs exact {ref:.6g} (rel {rel:.2e})"
