@@ -141,6 +141,10 @@ def run_trial(config: dict, device: str = "cpu") -> dict:
     accepted = learner_params(ltype)
     if "random_state" in accepted:
         params["random_state"] = seed
+    if "verbose" in accepted and "verbose" not in params:
+        # The sweep's own progress bar reports progress; per-fit bars and messages would
+        # interleave with it.
+        params["verbose"] = False
     if "device" in accepted:
         params["device"] = device
         Xf, Yf, Xtf = X, Y, Xt
