@@ -3,10 +3,10 @@
 Groups (one workload each; providers side by side in one run):
 
 - ``ntk_trace``: the trace NTK of a 3resnet (hidden weights) between N x N points:
-  fastkernels (per-layer factors, then ``fastkernels::ntk_gram``), torch.func vmap(jacrev)
-  contraction (per-sample Jacobians J, then J J^T), and torch.func NTK-vector products (one
-  vjp per right-hand side column block, the Jacobian never formed per sample; K built column
-  by column from K e_j).
+  fastkernels (per-layer factors, then ``fastkernels::ntk_gram``) against torch.func
+  vmap(jacrev) contraction (per-sample Jacobians J, then J J^T).
+- ``ntk_mv``: K @ V for 16 right-hand sides: fastkernels (factors, then ``fastkernels::ntk_mv``)
+  against torch.func NTK-vector products (u = J^T v by vjp, then J u by jvp; no Jacobian).
 - ``ntk_gram_large``: the fused op on given factors against the torch.mm calls it needs for the
   factor Gram matrices (A A^T and B B^T per layer), the lower bound of any unfused version.
 
@@ -22,12 +22,13 @@ import os
 
 import pytest
 import torch
-from torch.func import functional_call, jacrev, vjp, vmap
+from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from fastkernels.models import StackedNet
 from fastkernels.ntk import empirical_ntk
 from fastkernels.ntk.empirical import ntk_factors
 from fastkernels.ops.ntk_gram import ntk_gram
+from fastkernels.ops.ntk_mv import ntk_mv
 
 SIZE = os.environ.get("FASTKERNELS_BENCH_SIZE", "small")
 # (N, d, width, k) for ntk_trace; (N, width, k) for ntk_gram_large
@@ -89,37 +90,43 @@ def func_jacobian(net, x):
     return torch.einsum("irp,jrp->ij", J, J)
 
 
-def func_ntk_vp(net, x, block=256):
-    """K column blocks K[:, j] = J J^T e_j via vjp (J^T e_j), then a batched jvp-free product."""
-    f, params = _functional(net)
+def func_ntk_vp(net, x, V):
+    """K @ V with torch.func NTK-vector products: u = J^T v (vjp), then J u (jvp), per column.
 
-    def batched(p):
-        return vmap(f, in_dims=(None, 0))(p, x)  # (N, k)
+    The Jacobian is never formed; memory is one forward/backward per column in flight.
+    """
+    names = net.parameter_names("hidden")
+    params = {n: getattr(net, n).detach()[0:1] for n in names}
+    rest = {
+        n: t.detach()[0:1]
+        for n, t in list(net.named_parameters()) + list(net.named_buffers())
+        if n not in params
+    }
 
-    out, pullback = vjp(batched, params)
-    cols = []
-    n, k = out.shape
-    for j0 in range(0, n, block):
-        j1 = min(n, j0 + block)
-        # J^T u for each basis vector u = e_j (summed over outputs): vmap over the block.
-        basis = torch.zeros(j1 - j0, n, k)
-        basis[torch.arange(j1 - j0), torch.arange(j0, j1)] = 1.0
-        grads = vmap(pullback)(basis)[0]  # dict name -> (b, ...) = rows of J^T e_j
-        G = torch.cat([g.flatten(1) for g in grads.values()], dim=1)  # (b, P)
-        # K[:, j] = J (J^T e_j): contract with per-sample Jacobian rows via one more vjp sweep
-        cols.append(G)
-    Jt = torch.cat(cols)  # (N, P): row j = sum_r J_r(x_j) -- the trace NTK is Jt Jt^T for k = 1
-    return Jt @ Jt.T
+    def batched(p):  # the whole batch at once: parameter gradients are summed, never per sample
+        return functional_call(net, {**rest, **p}, (x,))[0]  # (N, k)
+
+    _, pullback = vjp(batched, params)
+
+    def column(v):  # v: (N, k) -> (N, k)
+        (u,) = pullback(v)
+        return jvp(batched, (params,), (u,))[1]
+
+    return vmap(column, in_dims=1, out_dims=1)(V)  # V: (N, T, k) -> (N, T, k)
 
 
-PROVIDERS = {"fastkernels": ours, "torch.func jacrev": func_jacobian, "torch.func vjp": func_ntk_vp}
+def ours_mv(net, x, V):
+    f = ntk_factors(net, x)
+    a, b = [fa for fa, _ in f], [fb.flatten(1) for _, fb in f]
+    return ntk_mv(a, b, a, b, V[:, :, 0])
+
+
+PROVIDERS = {"fastkernels": ours, "torch.func jacrev": func_jacobian}
 
 
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 def test_ntk_trace(benchmark, provider):
     n, d, m, k = TRACE
-    if provider == "torch.func vjp" and k != 1:
-        pytest.skip("the vjp provider builds the trace NTK for one output only")
     net, x = _net()
     fn = PROVIDERS[provider]
     ref = ours(net, x) if provider != "fastkernels" else None
@@ -130,6 +137,21 @@ def test_ntk_trace(benchmark, provider):
     n_params = m * d + m + m * m + m
     benchmark.extra_info.update(peak_mb=peak, n=n, d=d, width=m, k=k, params=n_params)
     benchmark.pedantic(fn, args=(net, x), rounds=3 if SIZE == "small" else 1, iterations=1)
+
+
+@pytest.mark.parametrize("provider", ["fastkernels ntk_mv", "torch.func vjp+jvp"])
+def test_ntk_mv(benchmark, provider):
+    n, d, m, k = TRACE
+    net, x = _net()
+    V = torch.randn(n, 16, k, generator=torch.Generator().manual_seed(3))
+    fn = ours_mv if provider.startswith("fastkernels") else func_ntk_vp
+    out, peak = _peak_rss_mb(lambda: fn(net, x, V))
+    want = ours(net, x) @ V[:, :, 0]
+    got = out if out.dim() == 2 else out[:, :, 0]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    benchmark.group = f"ntk_mv 3resnet N={n} d={d} width={m} k={k} T=16"
+    benchmark.extra_info.update(peak_mb=peak, n=n, d=d, width=m, k=k, t=16)
+    benchmark.pedantic(fn, args=(net, x, V), rounds=3 if SIZE == "small" else 1, iterations=1)
 
 
 def _large_factors():
