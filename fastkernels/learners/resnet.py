@@ -342,7 +342,7 @@ class ResNetRegressor(BaseRegressor):
             errs = self._member_errors(net, Xs, Ys)
             best = _argmin(errs)
             chosen = grid[best]
-            net = _select_member(net, best)
+            net = net.member(best)
             hp["selection_error"] = errs[best]
         if len(grid) > 1:
             self.search_results_ = [
@@ -374,21 +374,3 @@ def _argmin(errors: list[float]) -> int:
     """Index of the smallest error; NaN (a diverged member) never wins."""
     finite = [e if math.isfinite(e) else math.inf for e in errors]
     return min(range(len(finite)), key=finite.__getitem__)
-
-
-def _select_member(net: StackedNet, e: int) -> StackedNet:
-    """A one-member StackedNet holding member ``e`` of ``net``."""
-    one = StackedNet(
-        net.arch,
-        net.in_features,
-        net.width,
-        net.out_features,
-        n_models=1,
-        block=net.block,
-        dtype=net.A.dtype,
-        device=net.A.device,
-    )
-    with torch.no_grad():
-        for name, t in itertools.chain(net.named_parameters(), net.named_buffers()):
-            getattr(one, name).copy_(t[e : e + 1])
-    return one

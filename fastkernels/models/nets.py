@@ -200,6 +200,25 @@ class StackedNet(nn.Module):
         """Outputs (E, B, k) for x of shape (B, d) or (E, B, d)."""
         return self.forward_taps(x)[0]
 
+    def member(self, e: int) -> StackedNet:
+        """A one-member StackedNet holding a copy of member ``e`` (parameters and buffers)."""
+        if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < self.n_models:
+            raise ValueError(f"StackedNet.member: e must be in [0, {self.n_models}), got {e!r}")
+        one = StackedNet(
+            self.arch,
+            self.in_features,
+            self.width,
+            self.out_features,
+            n_models=1,
+            block=self.block,
+            dtype=self.A.dtype,
+            device="meta",
+        ).to_empty(device=self.A.device)
+        with torch.no_grad():
+            for name, t in list(self.named_parameters()) + list(self.named_buffers()):
+                getattr(one, name).copy_(t[e : e + 1])
+        return one
+
     def extra_repr(self) -> str:
         return (
             f"arch={self.arch!r}, d={self.in_features}, width={self.width}, "

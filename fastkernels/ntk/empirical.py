@@ -335,7 +335,7 @@ def empirical_ntk(
         full = dict(model.named_parameters()) | dict(model.named_buffers())
         theta = {n: full[n][member : member + 1].detach() for n in names}
         rest = {n: t[member : member + 1].detach() for n, t in full.items() if n not in theta}
-        view = _single_member(model)
+        view = model.member(member)
 
         def fn(p, x):
             return torch.func.functional_call(view, {**rest, **p}, (x,))[0]
@@ -389,16 +389,3 @@ def _call_model(fn, model, x, names, arg):
                 f"{' '.join(str(exc).split())}"
             ) from None
         raise
-
-
-def _single_member(net: StackedNet) -> StackedNet:
-    return StackedNet(
-        net.arch,
-        net.in_features,
-        net.width,
-        net.out_features,
-        n_models=1,
-        block=net.block,
-        dtype=net.A.dtype,
-        device="meta",
-    ).to_empty(device=net.A.device)

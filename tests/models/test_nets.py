@@ -265,3 +265,22 @@ def test_bad_x_ensemble_axis():
     net = make(d=5, E=2)
     with pytest.raises(ValueError, match="x"):
         net(torch.randn(3, 4, 5, dtype=F64))
+
+
+def test_member_copies_one_member():
+    net = StackedNet(
+        "3resnet",
+        5,
+        7,
+        2,
+        n_models=3,
+        block="bottleneck",
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+    )
+    x = torch.randn(4, 5, dtype=torch.float64)
+    one = net.member(1)
+    assert one.n_models == 1
+    torch.testing.assert_close(one(x)[0], net(x)[1])
+    with pytest.raises(ValueError, match="member"):
+        net.member(3)
