@@ -21,10 +21,14 @@ from .gram import gram as _gram_op
 from .gram import gram_reference
 from .kernel_mv import kernel_mv as _kernel_mv_op
 from .kernel_mv import kernel_mv_reference
+from .ntk_gram import ntk_gram
+from .ntk_mv import ntk_mv
 
 __all__ = [
     "gram",
     "kernel_mv",
+    "ntk_gram",
+    "ntk_mv",
     "gram_reference",
     "kernel_mv_reference",
     "pack_params",

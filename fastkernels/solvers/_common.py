@@ -227,3 +227,14 @@ def warn_unconverged(where: str, info: SolverInfo, why: str) -> None:
         ConvergenceWarning,
         stacklevel=3,
     )
+
+
+def masked_ratio(num: torch.Tensor, den: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """Per-column ``num / den`` where ``active`` and ``den > 0``, else 0.
+
+    The CG step sizes alpha = r.z / p.Ap and beta = r'.z' / r.z of several right-hand sides at
+    once: a converged (inactive) column, or one whose curvature vanished in finite precision,
+    takes a zero step instead of a division by zero.
+    """
+    ok = active & (den > 0)
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))

@@ -6,7 +6,15 @@ import time
 
 import torch
 
-from ._common import Progress, SolverInfo, check_rhs, check_ridge, cholesky_factor, warn_unconverged
+from ._common import (
+    Progress,
+    SolverInfo,
+    check_rhs,
+    check_ridge,
+    cholesky_factor,
+    masked_ratio,
+    warn_unconverged,
+)
 from .operators import as_operator
 
 __all__ = ["cg", "NystromPreconditioner"]
@@ -139,11 +147,7 @@ def cg(
         while it < max_iter:
             it += 1
             Q = apply(P)
-            pq = (P * Q).sum(0)
-            ok = active & (pq > 0)
-            alpha = torch.where(
-                ok, rz / torch.where(ok, pq, torch.ones_like(pq)), torch.zeros_like(pq)
-            )
+            alpha = masked_ratio(rz, (P * Q).sum(0), active)
             X += alpha * P
             R -= alpha * Q
             res_cols = R.norm(dim=0) / safe
@@ -190,11 +194,7 @@ def cg(
             if rz is None:
                 P = Z.clone()
             else:
-                beta = torch.where(
-                    active & (rz > 0),
-                    rz_new / torch.where(rz > 0, rz, torch.ones_like(rz)),
-                    torch.zeros_like(rz),
-                )
+                beta = masked_ratio(rz_new, rz, active)
                 P = Z + beta * P
             rz = rz_new
     finally:

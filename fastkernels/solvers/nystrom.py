@@ -15,6 +15,7 @@ from ._common import (
     check_ridge,
     cholesky_factor,
     format_bytes,
+    masked_ratio,
     parse_bytes,
     warn_unconverged,
 )
@@ -237,11 +238,7 @@ def nystrom_pcg(
         while bool(active.any()) and it < max_iter:
             it += 1
             Q = W(P)
-            pq = (P * Q).sum(0)
-            ok = active & (pq > 0)
-            alpha = torch.where(
-                ok, rr / torch.where(ok, pq, torch.ones_like(pq)), torch.zeros_like(pq)
-            )
+            alpha = masked_ratio(rr, (P * Q).sum(0), active)
             u += alpha * P
             R -= alpha * Q
             res_cols = R.norm(dim=0) / safe
@@ -272,11 +269,7 @@ def nystrom_pcg(
                         )
                         break
             rr_new = (R * R).sum(0)
-            beta = torch.where(
-                active & (rr > 0),
-                rr_new / torch.where(rr > 0, rr, torch.ones_like(rr)),
-                torch.zeros_like(rr),
-            )
+            beta = masked_ratio(rr_new, rr, active)
             P = R + beta * P
             rr = rr_new
         if info.true_residuals[-1][0] != it:
