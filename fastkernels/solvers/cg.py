@@ -32,6 +32,8 @@ def cg(
     check_every: int = 10,
     verbose: bool = True,
     desc: str = "cg",
+    stall_below: float | None = None,
+    stall_gain: float = 1.0,
 ) -> tuple[torch.Tensor, SolverInfo]:
     """Solve (A + ridge I) X = B by (preconditioned) conjugate gradients, all columns at once.
 
@@ -67,6 +69,15 @@ def cg(
         A tqdm bar with iteration, residual and ETA.
     desc : str
         Label of the bar and of warnings.
+    stall_below : float, optional
+        Stagnation may stop the solve only once the best true residual is at most this (default
+        10 sqrt(eps) of A's dtype: the rounding floor of its products). Far above it a slow
+        stretch is an ordinary CG plateau. Pass 1.0 to allow stopping anywhere (a well
+        preconditioned system has no long plateaus).
+    stall_gain : float, default 1.0
+        A check counts as progress when its true residual is below ``stall_gain`` times the
+        best so far (1.0: any new best; 0.5: a 2x gain); three checks without progress stop
+        the solve near the floor.
 
     Returns
     -------
@@ -132,8 +143,12 @@ def cg(
         info.time_s = time.perf_counter() - t_start
         return _shape_like(X, B, one_d), info
 
-    # Rounding floor of the products: a float32 Gram cannot give residuals much below sqrt(eps).
-    floor = torch.finfo(getattr(op, "dtype", work)).eps ** 0.5
+    if stall_below is None:
+        # Rounding floor of the products: a float32 Gram cannot give residuals much below
+        # sqrt(eps).
+        stall_below = 10 * torch.finfo(getattr(op, "dtype", work)).eps ** 0.5
+    if not 0 < stall_gain <= 1:
+        raise ValueError(f"{where}: stall_gain must be in (0, 1], got {stall_gain!r}")
     precond = preconditioner if preconditioner is not None else (lambda r: r)
     Z = precond(R).to(work)
     P = Z.clone()
@@ -175,13 +190,16 @@ def cg(
                 # CG drifts upwards: near that floor, 3 checks without a new best stop it; a 100x
                 # blow-up stops it anywhere. Far above the floor a slow or non-monotone stretch
                 # is an ordinary CG plateau (the residual norm is not what CG minimises).
+                progress = res < stall_gain * best
                 if res < best:
-                    best, stall = res, 0
+                    best = res
                     X_best = X.clone()
                 elif res > 100 * best:
                     why = f"diverged from {best:.2e} to {res:.2e} (inexact products?)"
                     break
-                elif best <= 10 * floor:
+                if progress:
+                    stall = 0
+                elif best <= stall_below:
                     stall += 1
                     if stall >= 3:
                         why = (

@@ -9,16 +9,14 @@ import torch
 
 from ._common import (
     DEFAULT_MEMORY_BUDGET,
-    Progress,
     SolverInfo,
     check_rhs,
     check_ridge,
     cholesky_factor,
     format_bytes,
-    masked_ratio,
     parse_bytes,
-    warn_unconverged,
 )
+from .cg import cg
 from .operators import KernelOperator
 
 __all__ = ["nystrom_pcg", "NystromResult"]
@@ -158,8 +156,10 @@ def nystrom_pcg(
     m, t = Z.shape[0], Ym.shape[1]
     if not (isinstance(tol, (int, float)) and 0 < tol < 1):
         raise ValueError(f"{where}: tol must be in (0, 1), got {tol!r}")
-    # Float64 M x M matrices held at once: K_MM, T, A (and a transient copy) plus the CG state.
-    small = 4 * m * m * 8 + 8 * m * t * 8
+    # Float64 M x M matrices at the setup's peak (K_MM, a symmetrised or jittered copy, the two
+    # Cholesky factors and a factorisation's workspace) plus the CG state: reserved from the
+    # budget before the operator sizes its tiles and cache.
+    small = 6 * m * m * 8 + 8 * m * t * 8
     if small >= budget:
         raise ValueError(
             f"{where}: memory_budget {format_bytes(budget)} cannot hold the {m} x {m} "
@@ -176,7 +176,7 @@ def nystrom_pcg(
     # K_MM in float64 whatever the tiles' dtype: it is small, and its exactness is what keeps
     # the system H (and so the solution) exact.
     Kmm = kernel(Z.to(work), Z.to(work)).to(work)
-    Kmm = 0.5 * (Kmm + Kmm.mT)
+    Kmm = (Kmm + Kmm.mT).mul_(0.5)
     # The preconditioner's factor T comes from K_MM + jitter I. The jitter only changes the
     # preconditioner, never H, so it is chosen for stability: B = T^{-1} A^{-1} scales
     # directions of K_MM with tiny eigenvalues by up to 1 / sqrt(jitter (N/M jitter + ridge)),
@@ -187,11 +187,16 @@ def nystrom_pcg(
     eps = torch.finfo(operator.dtype).eps
     kmm_norm = _spectral_norm(Kmm)
     jit = max(m * torch.finfo(work).eps * float(Kmm.diagonal().mean()), eps**0.5 * kmm_norm)
-    Lt, j1 = cholesky_factor(Kmm + jit * torch.eye(m, dtype=work, device=X.device), where)
+    # In-place updates keep at most five M x M float64 matrices alive (see `small` above).
+    Kj = Kmm.clone()
+    Kj.diagonal().add_(jit)
+    Lt, j1 = cholesky_factor(Kj, where)
+    del Kj
     Tm = Lt.mT  # upper: K_MM + jit I = T^T T
-    Amat = (n / m) * (Tm @ Tm.mT)
+    Amat = (Tm @ Tm.mT).mul_(n / m)
     Amat.diagonal().add_(ridge)
-    La, j2 = cholesky_factor(0.5 * (Amat + Amat.mT), where)
+    Amat = (Amat + Amat.mT).mul_(0.5)
+    La, j2 = cholesky_factor(Amat, where)
     Am = La.mT  # upper: A^T A
     del Amat
 
@@ -209,80 +214,33 @@ def nystrom_pcg(
         v = apply_B(u)
         return apply_Bt(operator.normal_mv(v) + ridge * (Kmm @ v))
 
-    info = SolverInfo(solver="nystrom", tol=float(tol))
-    bar = Progress(f"nystrom (M={m})", max_iter, tol, verbose)
-    try:
-        g = apply_Bt(operator.rmatvec(Ym.to(work)))  # B^T K_nM^T Y: one pass
-        gnorm = g.norm(dim=0)
-        safe = torch.where(gnorm > 0, gnorm, torch.ones_like(gnorm))
-        if x0 is not None:
-            x0m = x0[:, None] if x0.dim() == 1 else x0
-            if x0m.shape != (m, t) or not bool(torch.isfinite(x0m).all()):
-                raise ValueError(
-                    f"{where}: x0 must be a finite ({m}, {t}) tensor, got {_shape(x0)}"
-                )
-            u = Am @ (Tm @ x0m.to(work))  # u = B^{-1} beta0
-            R = g - W(u)
-        else:
-            u = torch.zeros((m, t), dtype=work, device=X.device)
-            R = g.clone()
-        res_cols = R.norm(dim=0) / safe
-        res = float(res_cols.max())
-        res0 = res
-        info.residuals.append(res)
-        info.true_residuals.append((0, res))
-        P = R.clone()
-        rr = (R * R).sum(0)
-        active = res_cols > tol
-        best, stall, why, it = res, 0, f"max_iter = {max_iter} reached", 0
-        while bool(active.any()) and it < max_iter:
-            it += 1
-            Q = W(P)
-            alpha = masked_ratio(rr, (P * Q).sum(0), active)
-            u += alpha * P
-            R -= alpha * Q
-            res_cols = R.norm(dim=0) / safe
-            check = it % check_every == 0 or bool((res_cols[active] <= tol).all()) or it == max_iter
-            if check:
-                R = g - W(u)
-                res_cols = R.norm(dim=0) / safe
-                info.true_residuals.append((it, float(res_cols.max())))
-                active = res_cols > tol
-            res = float(res_cols.max())
-            info.residuals.append(res)
-            bar.update(it, res, res0)
-            if not bool(active.any()):
-                break
-            if check:
-                # Stagnation: three checks without a 2x gain. Unlike plain CG, the preconditioned
-                # system has no long plateaus; a stall means the tiles' rounding (amplified in
-                # directions K_MM barely sees, with a tiny ridge) is reached, and every further
-                # iteration would cost a pass over the data for nothing.
-                if res < 0.5 * best:
-                    best, stall = res, 0
-                else:
-                    stall += 1
-                    if stall >= 3:
-                        why = (
-                            f"stagnated at {res:.2e}: rounding floor of {operator.dtype} tiles; "
-                            "compute_dtype float64 or a larger ridge go further"
-                        )
-                        break
-            rr_new = (R * R).sum(0)
-            beta = masked_ratio(rr_new, rr, active)
-            P = R + beta * P
-            rr = rr_new
-        if info.true_residuals[-1][0] != it:
-            R = g - W(u)
-            res = float((R.norm(dim=0) / safe).max())
-            info.true_residuals.append((it, res))
-            info.residuals[-1] = res
-    finally:
-        bar.close()
+    g = apply_Bt(operator.rmatvec(Ym.to(work)))  # B^T K_nM^T Y: one pass over the data
+    u0 = None
+    if x0 is not None:
+        x0m = x0[:, None] if x0.dim() == 1 else x0
+        if x0m.shape != (m, t) or not bool(torch.isfinite(x0m).all()):
+            raise ValueError(f"{where}: x0 must be a finite ({m}, {t}) tensor, got {_shape(x0)}")
+        u0 = Am @ (Tm @ x0m.to(work))  # u = B^{-1} beta0
+    # The preconditioned system B^T H B u = g is solved by the library's one CG loop (true
+    # residual checks, best iterate, divergence). Its stall rule differs from exact CG's: the
+    # FALKON system has no long plateaus, so three checks without a 2x gain mean the tiles'
+    # rounding (amplified in directions K_MM barely sees, with a tiny ridge) is reached, at any
+    # level, and every further iteration would cost a pass over the data for nothing.
+    u, info = cg(
+        _SmallOperator(W, m, operator.dtype),
+        g,
+        0.0,
+        x0=u0,
+        tol=tol,
+        max_iter=max_iter,
+        check_every=check_every,
+        verbose=verbose,
+        desc=where,
+        stall_below=1.0,
+        stall_gain=0.5,
+    )
+    info.solver = "nystrom"
     coef = apply_B(u).to(Ym.dtype)
-    info.iterations = it
-    info.final_residual = info.true_residuals[-1][1]
-    info.converged = info.final_residual <= tol
     info.time_s = time.perf_counter() - t_start
     info.extra = {
         "n_centers": m,
@@ -291,11 +249,22 @@ def nystrom_pcg(
         "cached_bytes": operator.cached_bytes,
         "memory_budget": budget,
     }
-    if not info.converged:
-        warn_unconverged(where, info, why)
     return NystromResult(
         coef=coef[:, 0] if one_d else coef, centers=Z, center_indices=idx, info=info
     )
+
+
+class _SmallOperator:
+    """The M x M preconditioned Nystrom system as a linear operator for :func:`cg`.
+
+    ``dtype`` is that of the kernel tiles behind each product (it sets the rounding floor).
+    """
+
+    def __init__(self, apply, m: int, dtype: torch.dtype):
+        self.apply, self.shape, self.dtype = apply, (m, m), dtype
+
+    def matvec(self, V: torch.Tensor) -> torch.Tensor:
+        return self.apply(V)
 
 
 def _shape(x) -> str:

@@ -91,7 +91,7 @@ def test_unconverged_warns():
         ({"ridge": -1.0}, "ridge"),
         ({"Y": "nan"}, "NaN"),
         ({"memory_budget": 10_000}, "memory_budget"),
-        ({"memory_budget": 38_000}, "too small for one tile"),
+        ({"memory_budget": 50_000}, "too small for one tile"),
         ({"centers": "wrong-d"}, "centers"),
         ({"tol": 1.5}, "tol"),
     ],
