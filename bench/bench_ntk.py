@@ -24,6 +24,7 @@ import pytest
 import torch
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
+from fastkernels._resources import measure
 from fastkernels.models import StackedNet
 from fastkernels.ntk import empirical_ntk
 from fastkernels.ntk.empirical import ntk_factors
@@ -37,23 +38,9 @@ LARGE = {"small": (1500, 64, 1), "full": (20000, 512, 1)}[SIZE]
 
 
 def _peak_rss_mb(fn) -> tuple[object, float]:
-    """Run fn once; return its result and the peak resident memory above the start, in MB."""
-
-    def rss(field):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
-
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM (peak RSS) to the current RSS
-    except OSError:
-        return fn(), float("nan")
-    before = rss("VmRSS:")
-    out = fn()
-    return out, rss("VmHWM:") - before
+    """Run fn once; return its result and the peak resident memory above the start, in MiB."""
+    out, _, peak = measure(fn)
+    return out, peak
 
 
 def _net():

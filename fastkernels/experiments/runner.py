@@ -9,6 +9,7 @@ rows before it are safely committed.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import platform
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .._resources import measure
 from .spec import SweepSpec, Trial, expand
 from .store import ResultsStore, _jsonable
 
@@ -124,7 +126,9 @@ def run_trial(config: dict, device: str = "cpu") -> dict:
     dict
         ``test_error``, ``train_error`` (float; mean over samples of the squared error summed over
         the k outputs), ``threshold`` (k alpha^2), ``k``, ``hparams`` (dict, from
-        ``est.hparams_``), ``wall_time_s`` (the whole trial, data generation included),
+        ``est.hparams_``, plus ``fit_time_s`` and ``fit_peak_rss_mib``: the fit's wall time
+        and its peak resident memory above the resident memory at its start, i.e. with the data
+        already in memory), ``wall_time_s`` (the whole trial, data generation included),
         ``versions`` (dict) and ``finished_at`` (ISO 8601, UTC).
     """
     from ..concepts import make_concept
@@ -157,13 +161,18 @@ def run_trial(config: dict, device: str = "cpu") -> dict:
     if params.get("selection") == "test":
         # The paper's practice, reproduced on request: hyperparameters chosen by test error.
         # The learner records selection="test" in its hparams, so the row says so.
-        est.fit(Xf, Yf, Xtf, Yt.to(Xtf.device))
+        Ytf = Yt.to(Xtf.device)
+        _, fit_s, fit_peak = measure(lambda: est.fit(Xf, Yf, Xtf, Ytf))
     else:
-        est.fit(Xf, Yf)
+        _, fit_s, fit_peak = measure(lambda: est.fit(Xf, Yf))
     label = config["learner"].get("label", ltype)
     test_error = _squared_error(est.predict(Xtf), Yt, f"{label}.predict")
     train_error = _squared_error(est.predict(Xf), Y, f"{label}.predict")
-    hparams = getattr(est, "hparams_", None) or {}
+    hparams = dict(getattr(est, "hparams_", None) or {})
+    # What the fit cost, kept with its result (peak: resident memory above the data's).
+    hparams["fit_time_s"] = round(fit_s, 3)
+    if not math.isnan(fit_peak):
+        hparams["fit_peak_rss_mib"] = round(fit_peak, 1)
     return {
         "test_error": test_error,
         "train_error": train_error,
