@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from ..models import StackedNet
@@ -24,6 +26,15 @@ class EmpiricalNTK:
         See :func:`fastkernels.ntk.ntk_factors`.
     block_size : int
         Rows of x1 per block in ``mv``.
+
+    Notes
+    -----
+    Blocks are evaluated in the dtype of the inputs (float32 inputs give float32 factor
+    GEMMs, as the solvers' ``compute_dtype`` asks), the factors themselves in the network's
+    dtype. The factors of the latest right-hand set ``x2`` are kept while that tensor lives and
+    is unchanged (same object, same version counter, same network parameters): the solvers
+    evaluate many row blocks against the same centres, whose factors would otherwise be
+    recomputed (k backward passes) for every block.
     """
 
     name = "empirical_ntk"
@@ -40,14 +51,29 @@ class EmpiricalNTK:
         self.trainable = trainable
         self.scaling = scaling
         self.block_size = block_size
+        self._memo = None  # (weakref to x2, its version, parameter versions, factors)
 
     def factors(self, x: torch.Tensor):
-        x = x.to(dtype=self.net.A.dtype, device=self.net.A.device)
-        return ntk_factors(self.net, x, self.trainable, self.scaling)
+        """Per-layer factors ``(A_l, B_l)`` of ``x`` (see :func:`ntk_factors`), in x's dtype."""
+        net_dtype = self.net.A.dtype
+        out_dtype = x.dtype if x.is_floating_point() else net_dtype
+        f = ntk_factors(
+            self.net, x.to(dtype=net_dtype, device=self.net.A.device), self.trainable, self.scaling
+        )
+        return [(a.to(out_dtype), b.to(out_dtype)) for a, b in f]
+
+    def _right_factors(self, x2: torch.Tensor):
+        params = tuple(p._version for p in self.net.parameters())
+        memo = self._memo
+        if memo is not None and memo[0]() is x2 and memo[1] == x2._version and memo[2] == params:
+            return memo[3]
+        f2 = self.factors(x2)
+        self._memo = (weakref.ref(x2), x2._version, params, f2)
+        return f2
 
     def __call__(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        f1 = self.factors(x1)
-        f2 = f1 if x2 is x1 else self.factors(x2)
+        f2 = self._right_factors(x2)
+        f1 = f2 if x2 is x1 else self.factors(x1)
         return ntk_from_factors(f1, f2, "trace")
 
     def diag(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +83,7 @@ class EmpiricalNTK:
     def mv(self, x1: torch.Tensor, x2: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         from ..ops.ntk_mv import ntk_mv
 
-        f2 = self.factors(x2)
+        f2 = self._right_factors(x2)
         a2, b2 = [a for a, _ in f2], [b.flatten(1) for _, b in f2]
         vv = v[:, None] if v.dim() == 1 else v
         vv = vv.to(a2[0].dtype)

@@ -293,6 +293,39 @@ def test_kernel_object_mv_diag_call(arch, block, trainable, scaling):
     }
 
 
+def test_kernel_object_reuses_right_factors_only_while_valid():
+    net = make_net("3resnet", d=4, m=6, k=2, seed=31)
+    kern = EmpiricalNTK(net, "hidden")
+    x1, x2 = randn(5, 4, seed=32), randn(3, 4, seed=33)
+    calls = []
+    factors = kern.factors
+    kern.factors = lambda x: calls.append(len(x)) or factors(x)
+    K = kern(x1, x2)
+    close(kern(x1, x2), K)
+    assert calls == [3, 5, 5]  # x2's factors once, x1's for each call
+    x2.mul_(2.0)  # same object, new values: recomputed
+    close(kern(x1, x2), empirical_ntk(net, x1, x2, trainable="hidden"))
+    x3 = x2.clone()  # equal values, another tensor: recomputed (identity, not equality)
+    calls.clear()
+    kern(x1, x3)
+    assert calls == [3, 5]
+    with torch.no_grad():
+        net.W.add_(0.1)  # the network changed: recomputed
+    calls.clear()
+    close(kern(x1, x3), empirical_ntk(net, x1, x3, trainable="hidden"))
+    assert calls == [3, 5]
+
+
+def test_kernel_object_evaluates_in_input_dtype():
+    net = make_net("3resnet", d=4, m=6, k=2, seed=34)  # float64 network
+    kern = EmpiricalNTK(net, "hidden")
+    x1, x2 = randn(5, 4, seed=35), randn(3, 4, seed=36)
+    K64 = kern(x1, x2)
+    K32 = kern(x1.float(), x2.float())
+    assert K32.dtype == torch.float32 and K64.dtype == torch.float64
+    close(K32.double(), K64, tol=1e-5)
+
+
 @pytest.mark.parametrize("arch", ["3resnet", "3layer", "2layer"])
 @pytest.mark.parametrize("trainable", ["hidden", "all"])
 def test_trace_gram_is_psd(arch, trainable):
