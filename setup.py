@@ -31,10 +31,19 @@ def _extensions():
         if _flag("FASTKERNELS_REQUIRE_EXT"):
             raise
         return [], {}
-    sources = ["csrc/module.cpp", "csrc/epilogue.cpp", "csrc/gram.cpp", "csrc/kernel_mv.cpp"]
+    sources = [
+        "csrc/module.cpp",
+        "csrc/epilogue.cpp",
+        "csrc/gram.cpp",
+        "csrc/kernel_mv.cpp",
+        "csrc/ntk_gram.cpp",
+        "csrc/ntk_mv.cpp",
+    ]
     ext = CppExtension(
         "fastkernels._C",
         sources,
+        # Headers and the per-ISA body: an edit there alone must rebuild the extension too.
+        depends=["csrc/kernel_common.h", "csrc/ntk_common.h", "csrc/epilogue_body.inc"],
         # -fno-math-errno / -fno-trapping-math let sqrt and selects vectorise (as in torch); OpenMP for at::parallel_for and `omp simd`.
         extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"],
         extra_link_args=["-fopenmp"],

@@ -1,4 +1,5 @@
-// The elementwise kernel epilogues of csrc/kernel_common.h, compiled for three ISA levels.
+// The elementwise kernel epilogues of csrc/kernel_common.h (and the Hadamard step of the
+// structured NTK), compiled for three ISA levels.
 //
 // The loops of epilogue_body.inc are plain C++ that GCC auto-vectorises. The file is included
 // three times, each time in its own namespace under `#pragma GCC target`, so that every helper
@@ -92,6 +93,26 @@ double dot_double(const double* row, const double* v, int64_t n) {
   if (lv == 1) return avx2::dot_d(row, v, n);
 #endif
   return base::dot_d(row, v, n);
+}
+
+void hadamard_float(float* dst, int64_t ld, const float* p, const float* q, int64_t ldpq,
+                    int64_t rows, int64_t cols) {
+#if FK_MULTIVERSION
+  const int lv = isa_level();
+  if (lv == 2) return avx512::had_f(dst, ld, p, q, ldpq, rows, cols);
+  if (lv == 1) return avx2::had_f(dst, ld, p, q, ldpq, rows, cols);
+#endif
+  base::had_f(dst, ld, p, q, ldpq, rows, cols);
+}
+
+void hadamard_double(double* dst, int64_t ld, const double* p, const double* q, int64_t ldpq,
+                     int64_t rows, int64_t cols) {
+#if FK_MULTIVERSION
+  const int lv = isa_level();
+  if (lv == 2) return avx512::had_d(dst, ld, p, q, ldpq, rows, cols);
+  if (lv == 1) return avx2::had_d(dst, ld, p, q, ldpq, rows, cols);
+#endif
+  base::had_d(dst, ld, p, q, ldpq, rows, cols);
 }
 
 }  // namespace fastkernels

@@ -16,7 +16,7 @@ at::Tensor gram_cpu(const at::Tensor& x1_in, const at::Tensor& x2_in, c10::strin
                     at::ArrayRef<double> params, std::optional<int64_t> diag_offset) {
   const char* op = "fastkernels::gram";
   check_pair(op, x1_in, x2_in);
-  const Spec sp = parse_spec(op, kernel, params);
+  const Spec sp = parse_spec(op, kernel, params, x1_in.size(1));
   const bool same_input = x1_in.is_same(x2_in);
   check_finite(op, x1_in, "x1");
   if (!same_input) check_finite(op, x2_in, "x2");

@@ -25,19 +25,39 @@
 
 namespace fastkernels {
 
-enum class Kind { rbf, laplace, matern15, matern25, polynomial, linear, arccos0, arccos1 };
+enum class Kind {
+  rbf,
+  laplace,
+  matern15,
+  matern25,
+  polynomial,
+  linear,
+  arccos0,
+  arccos1,
+  nngp,
+  ntk
+};
 
 struct Spec {
   Kind kind = Kind::rbf;
   double gamma = 1.0;
   double coef0 = 0.0;
   int64_t degree = 1;
+  // nngp / ntk: ReLU MLP with `depth` hidden layers, or the 3resnet (resnet, depth unused);
+  // train_all adds the readout's term (trainable "all" rather than "hidden").
+  bool resnet = false;
+  int64_t depth = 1;
+  bool train_all = false;
+  // nngp / ntk see Sigma_1 = inputs / D (formulas.relu_nngp): D, set by the op from x1.
+  double dim = 1.0;
 };
 
 inline bool is_int(double x) { return std::isfinite(x) && x == std::floor(x); }
 
-// Mirrors fastkernels/ops/_common.py:unpack_params for the kernels implemented here.
-inline Spec parse_spec(const char* op, c10::string_view kernel, at::ArrayRef<double> p) {
+// Mirrors fastkernels/ops/_common.py:unpack_params for the kernels implemented here. `dim` is the
+// number of input columns D (the nngp / ntk kernels scale their inputs by 1 / D).
+inline Spec parse_spec(const char* op, c10::string_view kernel, at::ArrayRef<double> p,
+                       int64_t dim) {
   const std::string k(kernel.data(), kernel.size());
   auto want = [&](size_t n, const char* layout) {
     TORCH_CHECK_VALUE(p.size() == n, op, ": params for kernel '", k, "' must be ", layout, " (",
@@ -81,10 +101,39 @@ inline Spec parse_spec(const char* op, c10::string_view kernel, at::ArrayRef<dou
     TORCH_CHECK_VALUE(p[0] == 0.0 || p[0] == 1.0, op,
                       ": params for kernel 'arccos': order must be 0 or 1, got ", p[0]);
     s.kind = p[0] == 0.0 ? Kind::arccos0 : Kind::arccos1;
+  } else if (k == "nngp" || k == "ntk") {
+    const bool ntk = k == "ntk";
+    const char* layout = ntk ? "[arch_code, depth, trainable_code]" : "[arch_code, depth]";
+    want(ntk ? 3 : 2, layout);
+    // The messages of unpack_params: op, kernel, layout, what is wrong, the values given.
+    auto bad = [&](const char* what) {
+      TORCH_CHECK_VALUE(false, op, ": params for kernel '", k, "' (", layout, "): ", what,
+                        ", got ", p);
+    };
+    if (p[0] != 0.0 && p[0] != 1.0) bad("arch_code must be 0 (mlp) or 1 (3resnet)");
+    s.resnet = p[0] == 1.0;
+    if (!s.resnet) {
+      if (!(is_int(p[1]) && p[1] >= 1)) {
+        bad("depth (hidden layers of the mlp) must be a positive integer");
+      }
+      // Capped before the cast (a cast of a huge double to int64 is undefined); a depth this
+      // large would never finish in the reference either.
+      s.depth = static_cast<int64_t>(std::min(p[1], 1e15));
+    } else {
+      if (p[1] != 0.0) bad("depth must be 0 for the 3resnet (its depth is fixed)");
+      s.depth = 0;
+    }
+    if (ntk) {
+      if (p[2] != 0.0 && p[2] != 1.0) bad("trainable_code must be 0 (hidden) or 1 (all)");
+      s.train_all = p[2] == 1.0;
+    }
+    s.kind = ntk ? Kind::ntk : Kind::nngp;
   } else {
     TORCH_CHECK_VALUE(false, op, ": kernel must be one of 'rbf', 'laplace', 'matern', ",
-                      "'polynomial', 'linear', 'arccos' in the C++ implementation, got '", k, "'");
+                      "'polynomial', 'linear', 'arccos', 'nngp', 'ntk' in the C++ ",
+                      "implementation, got '", k, "'");
   }
+  s.dim = static_cast<double>(dim);
   return s;
 }
 
@@ -170,6 +219,26 @@ double dot_double(const double* row, const double* v, int64_t n);
 inline double dot(const float* row, const float* v, int64_t n) { return dot_float(row, v, n); }
 inline double dot(const double* row, const double* v, int64_t n) {
   return dot_double(row, v, n);
+}
+
+// dst[r, j] (row stride ld) += p[r, j] * q[r, j] (p, q of row stride ldpq) over rows x cols; with
+// p null, dst[r, j] *= q[r, j]. The Hadamard step of the structured NTK (ntk_common.h).
+void hadamard_float(float* dst, int64_t ld, const float* p, const float* q, int64_t ldpq,
+                    int64_t rows, int64_t cols);
+void hadamard_double(double* dst, int64_t ld, const double* p, const double* q, int64_t ldpq,
+                     int64_t rows, int64_t cols);
+template <typename T>
+inline void hadamard(T* dst, int64_t ld, const T* p, const T* q, int64_t ldpq, int64_t rows,
+                     int64_t cols);
+template <>
+inline void hadamard<float>(float* dst, int64_t ld, const float* p, const float* q, int64_t ldpq,
+                            int64_t rows, int64_t cols) {
+  hadamard_float(dst, ld, p, q, ldpq, rows, cols);
+}
+template <>
+inline void hadamard<double>(double* dst, int64_t ld, const double* p, const double* q,
+                             int64_t ldpq, int64_t rows, int64_t cols) {
+  hadamard_double(dst, ld, p, q, ldpq, rows, cols);
 }
 
 }  // namespace fastkernels

@@ -24,7 +24,7 @@ at::Tensor kernel_mv_cpu(const at::Tensor& x1_in, const at::Tensor& x2_in, const
   check_same(op, x1_in, v_in, "v");
   TORCH_CHECK_VALUE(v_in.size(0) == x2_in.size(0), op, ": v must have ", x2_in.size(0),
                     " rows (one per row of x2), got shape ", v_in.sizes());
-  const Spec sp = parse_spec(op, kernel, params);
+  const Spec sp = parse_spec(op, kernel, params, x1_in.size(1));
   const bool same_input = x1_in.is_same(x2_in);
   check_finite(op, x1_in, "x1");
   if (!same_input) check_finite(op, x2_in, "x2");

@@ -211,12 +211,11 @@ def ntk_from_factors(f1, f2, mode: str = "trace") -> torch.Tensor:
     if mode == "trace":
         from ..ops.ntk_gram import ntk_gram
 
-        return ntk_gram(
-            [a for a, _ in f1],
-            [b.flatten(1) for _, b in f1],
-            [a for a, _ in f2],
-            [b.flatten(1) for _, b in f2],
-        )
+        a1, b1 = [a for a, _ in f1], [b.flatten(1) for _, b in f1]
+        # The very same tensors on both sides when f2 is f1: ntk_gram then sees a symmetric
+        # kernel and computes half of it.
+        a2, b2 = (a1, b1) if f2 is f1 else ([a for a, _ in f2], [b.flatten(1) for _, b in f2])
+        return ntk_gram(a1, b1, a2, b2)
     out = None
     for (a1, b1), (a2, b2) in zip(f1, f2):
         ga = a1 @ a2.T

@@ -53,7 +53,9 @@ __all__ = [
 
 KERNEL_NAMES = ("rbf", "laplace", "matern", "polynomial", "linear", "arccos", "nngp", "ntk")
 # Kernels the C++ extension implements; the others run the reference on CPU.
-CPP_KERNELS = frozenset({"rbf", "laplace", "matern", "polynomial", "linear", "arccos"})
+CPP_KERNELS = frozenset(
+    {"rbf", "laplace", "matern", "polynomial", "linear", "arccos", "nngp", "ntk"}
+)
 _ARCH_CODES = {"mlp": 0, "3resnet": 1}
 _TRAINABLE_CODES = {"hidden": 0, "all": 1}
 _LAYOUT = {

@@ -207,3 +207,41 @@ def test_cpp_rejects_bad_input_itself():
         cpp(X, X, "rbf", [0.0], None)
     with pytest.raises(ValueError, match="x2 must be finite"):
         cpp(X, X.clone().fill_(float("nan")), "rbf", [1.0], None)
+
+
+# The analytic ReLU kernels in C++: every MLP depth 1..4 and the 3resnet, both trainable sets.
+RELU_CASES = (
+    [("nngp", [0.0, float(depth)]) for depth in (1, 2, 3, 4)]
+    + [("nngp", [1.0, 0.0])]
+    + [("ntk", [0.0, float(depth), float(t)]) for depth in (1, 2, 3, 4) for t in (0, 1)]
+    + [("ntk", [1.0, 0.0, float(t)]) for t in (0, 1)]
+)
+RELU_IDS = [f"{k}-{'-'.join(f'{p:g}' for p in ps)}" for k, ps in RELU_CASES]
+
+
+@pytest.mark.skipif(not ops.HAS_CPP, reason="C++ extension not built")
+@pytest.mark.parametrize("kernel,params", RELU_CASES, ids=RELU_IDS)
+def test_cpp_relu_kernels_match_reference_on_many_tiles(kernel, params):
+    # 600 x 1100: several 128 x 512 tiles both ways; a zero row (cosine 0 with everything) and
+    # the self-pairs of a self-Gram (cosine exactly 1) in every diagonal tile.
+    x1, x2 = randn(600, 9, seed=16), randn(1100, 9, seed=17)
+    x1[5] = 0.0
+    for a, b in ((x1, x2), (x1, x1)):
+        ref = ops.gram_reference(a, b, kernel, params)
+        assert rel_err(run("cpp", a, b, kernel, params), ref) < 1e-12
+        a32 = a.float()
+        b32 = a32 if b is a else b.float()
+        ref32 = ops.gram_reference(a32.double(), b32.double(), kernel, params)
+        assert rel_err(run("cpp", a32, b32, kernel, params), ref32) < 1e-5
+
+
+@pytest.mark.skipif(not ops.HAS_CPP, reason="C++ extension not built")
+@pytest.mark.parametrize("kernel,params", [("nngp", [0.0, 1.0]), ("ntk", [0.0, 1.0, 0.0])])
+def test_cpp_relu_kernels_over_every_angle(kernel, params):
+    # Unit vectors at angles 0..pi from e1 (cosines over all of [-1, 1], both ends included):
+    # the vectorised arc cosine of the C++ epilogue against torch.arccos in the reference.
+    t = torch.linspace(0.0, torch.pi, 4001, dtype=torch.float64)
+    x1 = torch.stack([torch.cos(t), torch.sin(t)], dim=1)
+    x2 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
+    ref = ops.gram_reference(x1, x2, kernel, params)
+    assert rel_err(run("cpp", x1, x2, kernel, params), ref) < 1e-12
