@@ -1,5 +1,9 @@
 """Memory-free K @ v benchmarks: fastkernels::kernel_mv against pykeops and blocked torch.
 
+Providers: ``fastkernels`` (the custom op: C++ on CPU), ``fastkernels-keops`` (our
+``kernel_mv(backend="keops")``: validation, then a KeOps reduction), ``torch-blocked``, and
+``pykeops`` (a raw LazyTensor reduction). Both KeOps providers skip without pykeops.
+
 One group per workload (N x M, D, right-hand sides T); ``extra_info`` carries FLOP (GEMM
 2 N M D, the epilogue ~1 per entry, the product 2 N M T) and bytes (inputs + output: K itself
 never goes to memory).
@@ -23,7 +27,7 @@ WORKLOADS = {
         (20000, 20000, 100, 16),
     ],
 }[SIZE]
-PROVIDERS = ["fastkernels", "torch-blocked", "pykeops"]
+PROVIDERS = ["fastkernels", "fastkernels-keops", "torch-blocked", "pykeops"]
 # Rows per block of the dense torch provider (about 4M kernel entries per block at M = 20000).
 TORCH_BLOCK = 200
 
@@ -65,6 +69,10 @@ def test_kernel_mv_rbf(benchmark, provider, n, m, d, t):
     )
     if provider == "fastkernels":
         fn = lambda: torch.ops.fastkernels.kernel_mv(x1, x2, v, "rbf", [gamma], None)  # noqa: E731
+    elif provider == "fastkernels-keops":
+        pykeops_or_skip()  # the skip and compiler flags of the raw pykeops provider
+        fn = lambda: ops.kernel_mv(x1, x2, v, "rbf", [gamma], backend="keops")  # noqa: E731
+        fn()  # the first call compiles the formula (cached in the user's cache folder)
     elif provider == "torch-blocked":
         fn = lambda: _torch_blocked(x1, x2, v, gamma)  # noqa: E731
     else:

@@ -7,8 +7,12 @@ X ~ N(0, I_D), y = sin(<w, x> / sqrt(D)) + 0.1 noise, test MSE on 2000 fresh poi
   solver (auto picks exact CG on the dense float32 Gram at N = 20000);
 - ``sklearn``: ``sklearn.kernel_ridge.KernelRidge`` (float64 Gram + LAPACK solve);
 - ``torch-cholesky``: float64 Gram by the library's kernel, then ``torch.linalg.cholesky``;
-- ``pykeops``: ``KernelSolve`` (conjugate gradients on the symbolic Gram), skipped without
-  pykeops.
+- ``fastkernels-keops``: :class:`KernelRidge` with ``solver="cg", backend="keops"`` (our
+  preconditioned CG, every product a KeOps reduction);
+- ``pykeops``: ``KernelSolve`` (KeOps' own unpreconditioned conjugate gradients on the symbolic
+  Gram, stopped at the same relative residual as ours).
+
+The two KeOps providers are skipped without pykeops.
 
 ``extra_info``: N, D, iterations, test MSE, and its relative difference to the exact float64
 Cholesky solution (computed once per session, untimed).
@@ -31,6 +35,7 @@ import torch
 
 from fastkernels.kernels import RBF
 from fastkernels.learners import KernelRidge
+from fastkernels.learners.kernel_ridge import DEFAULT_TOL
 
 SIZES = {"small": (2000, 100), "full": (20000, 100)}
 SIZE = os.environ.get("FASTKERNELS_BENCH_SIZE", "small")
@@ -46,6 +51,7 @@ PROVIDERS = [
     "fastkernels-nystrom",
     "sklearn",
     "torch-cholesky",
+    "fastkernels-keops",
     "pykeops",
 ]
 
@@ -144,6 +150,20 @@ def _torch_cholesky():
     return k.mv(Xt, X, C), 0
 
 
+def _fastkernels_keops():
+    # Our Nystrom-preconditioned CG with every product through the KeOps backend.
+    X, Y, Xt, _ = DATA
+    model = KernelRidge(
+        kernel="rbf",
+        kernel_params={"gamma": GAMMA},
+        ridge=RIDGE,
+        solver="cg",
+        backend="keops",
+        verbose=False,
+    ).fit(X, Y)
+    return model.predict(Xt), model.solver_info_["iterations"]
+
+
 def _pykeops():
     from pykeops.torch import KernelSolve, LazyTensor  # noqa: F401 - KernelSolve formula API
 
@@ -153,7 +173,11 @@ def _pykeops():
     aliases = [f"x = Vi({D})", f"y = Vj({D})", "b = Vj(1)", "g = Pm(1)"]
     solve = KernelSolve(formula, aliases, "b", axis=1)
     g = torch.tensor([GAMMA], dtype=torch.float32)
-    C = solve(x, x, y, g, alpha=RIDGE)
+    # KeOps' CG (unpreconditioned, no iteration cap) stops when the residual's RMS is below
+    # eps. Its default 1e-6 is absolute and below what float32 products can reach here, so it
+    # would never stop; eps = DEFAULT_TOL * RMS(y) is the relative residual our solvers stop at.
+    eps = DEFAULT_TOL * float(y.pow(2).mean().sqrt())
+    C = solve(x, x, y, g, alpha=RIDGE, eps=eps)
     return RBF(gamma=GAMMA).mv(Xt.float(), x, C).double(), 0
 
 
@@ -164,6 +188,7 @@ RUNNERS = {
     "fastkernels-nystrom": lambda: _fastkernels("nystrom"),
     "sklearn": _sklearn,
     "torch-cholesky": _torch_cholesky,
+    "fastkernels-keops": _fastkernels_keops,
     "pykeops": _pykeops,
 }
 
@@ -172,7 +197,7 @@ RUNNERS = {
 def test_krr(benchmark, provider):
     if provider == "sklearn" and importlib.util.find_spec("sklearn") is None:
         pytest.skip("scikit-learn is not installed")
-    if provider == "pykeops" and importlib.util.find_spec("pykeops") is None:
+    if provider in ("pykeops", "fastkernels-keops") and importlib.util.find_spec("pykeops") is None:
         pytest.skip("pykeops is not installed")
     if provider == "fastkernels-cholesky" and SIZE == "full":
         # Same algorithm as torch-cholesky at this size; kept out of the full run's 2 minutes.

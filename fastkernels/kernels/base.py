@@ -120,7 +120,7 @@ class Kernel:
         _check_finite(x, "x", where)
         return F.kernel_diag(self.name, x, **self._formula_params(x.shape[1]))
 
-    def mv(self, x1, x2, v, block_size: int | None = None) -> Tensor:
+    def mv(self, x1, x2, v, block_size: int | None = None, backend: str = "auto") -> Tensor:
         """The product ``K(x1, x2) @ v`` in row blocks; the N x M Gram is never stored.
 
         Parameters
@@ -131,12 +131,19 @@ class Kernel:
         block_size : int, optional
             Rows of ``x1`` per op call (default: all). The op bounds its own memory by tiles
             of K, so this only splits the work.
+        backend : {"auto", "fastkernels", "keops"}, default "auto"
+            ``"auto"`` / ``"fastkernels"``: the ``kernel_mv`` custom op. ``"keops"``: a KeOps
+            reduction (needs pykeops; rbf, laplace, matern, polynomial, linear and arccos only;
+            forward-only), see :mod:`fastkernels.ops._keops`.
 
         Returns
         -------
         Tensor, shape (N,) or (N, T) following ``v``, dtype and device of the inputs
         """
+        from ..ops import _keops  # imported here, as in _op_params
+
         where = f"{type(self).__name__}.mv"
+        _keops.check_backend(backend, where)
         x1, x2 = self._check_inputs(x1, x2, where=where)
         v = _check_tensor(v, name="v", where=where, ndim=(1, 2))
         if v.shape[0] != x2.shape[0]:
@@ -156,17 +163,16 @@ class Kernel:
         params = self._op_params(x1.shape[1])
         vv = v[:, None] if v.dim() == 1 else v
         same = x1 is x2
+        product = _keops.kernel_mv if backend == "keops" else torch.ops.fastkernels.kernel_mv
         if block_size >= n:
             offset = 0 if same else None
-            out = torch.ops.fastkernels.kernel_mv(x1, x2, vv, self.name, params, offset)
+            out = product(x1, x2, vv, self.name, params, offset)
         else:
             out = torch.empty((n, vv.shape[1]), dtype=x1.dtype, device=x1.device)
             for i0 in range(0, n, block_size):
                 i1 = min(n, i0 + block_size)
                 # A row block of x2 itself: its self-pairs sit on the diagonal shifted by i0.
-                out[i0:i1] = torch.ops.fastkernels.kernel_mv(
-                    x1[i0:i1], x2, vv, self.name, params, i0 if same else None
-                )
+                out[i0:i1] = product(x1[i0:i1], x2, vv, self.name, params, i0 if same else None)
         return out[:, 0] if v.dim() == 1 else out
 
     def __repr__(self) -> str:

@@ -190,6 +190,14 @@ class KernelRidge(BaseRegressor):
     verbose : bool, default True
         A tqdm bar per iterative solve (iteration, residual, ETA) and a line naming the solver
         ``"auto"`` picked; False silences both (never the non-convergence warning).
+    backend : {"auto", "fastkernels", "keops"}, default "auto"
+        How the CG products K @ V are computed. ``"keops"`` (needs pykeops, the ``keops``
+        extra; rbf, laplace, matern, polynomial, linear, arccos) runs them as KeOps reductions,
+        memory-free (no dense Gram, whatever the budget), and requires ``solver="cg"``: the
+        other solvers need the Gram or its tiles, which the ops compute, so asking for KeOps
+        there is a ValueError rather than a silent no-op. The hyperparameter search (Gram +
+        Cholesky on at most ``search_size`` points), the CG preconditioner's columns and
+        ``predict`` use the ops whatever the backend.
 
     Attributes
     ----------
@@ -233,6 +241,7 @@ class KernelRidge(BaseRegressor):
         search_size: int = 4000,
         warm_start: bool = False,
         verbose: bool = True,
+        backend: str = "auto",
     ):
         self.kernel = kernel
         self.kernel_params = kernel_params
@@ -252,6 +261,7 @@ class KernelRidge(BaseRegressor):
         self.search_size = search_size
         self.warm_start = warm_start
         self.verbose = verbose
+        self.backend = backend
 
     def check_params(self):
         """Check the constructor arguments (raises ValueError/TypeError naming the bad one)."""
@@ -272,6 +282,16 @@ class KernelRidge(BaseRegressor):
                 f"{where}: validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
             )
         check_choice(self.solver, SOLVERS, name="solver", where=where)
+        from ..ops import _keops  # light (pykeops is imported on first KeOps use only)
+
+        _keops.check_backend(self.backend, where)
+        if self.backend == "keops":
+            if self.solver != "cg":
+                raise ValueError(
+                    f"{where}: backend='keops' runs the CG products only; pass solver='cg' "
+                    f"(got solver={self.solver!r})"
+                )
+            _keops.check_expressible(str(getattr(self.kernel, "name", self.kernel)), where)
         if self.n_centers is not None:
             check_positive_int(self.n_centers, name="n_centers", where=where)
         parse_bytes(self.memory_budget, where=where)
@@ -389,7 +409,8 @@ class KernelRidge(BaseRegressor):
                 f"more than the N = {n} samples"
             )
         pre_bytes = 2 * n * rank * itemsize
-        dense = n * n * itemsize + pre_bytes <= budget
+        # KeOps products are memory-free by design: never a dense Gram with that backend.
+        dense = self.backend != "keops" and n * n * itemsize + pre_bytes <= budget
         # Without room for the preconditioner's N x rank factor, run plain CG.
         use_pre = pre_bytes <= budget // 2
         op = KernelOperator(
@@ -399,6 +420,7 @@ class KernelRidge(BaseRegressor):
             memory_budget=budget,
             cache="dense" if dense else "none",
             reserved_bytes=pre_bytes if use_pre else 0,
+            backend=self.backend,
         )
         pre = None
         if use_pre:

@@ -25,6 +25,10 @@ _TILE_TEMPS = 4
 # hierarchy rather than streaming through main memory (measured: 2048 x 8000 float32 tiles run
 # about 2x faster per entry than whole 8000 x 8000 Grams on a 2-core CPU).
 _TILE_ENTRIES = 1 << 24
+# Share of the budget never given to the tile cache: library workspaces (BLAS, OpenMP), the
+# solver's small vectors and allocator slack also count against a budget that bounds the
+# process's peak (measured: ~190 MiB above the operator's own bytes on a 4 GiB Nystrom fit).
+_RUNTIME_SHARE = 0.05
 # The smallest tile the blocked products accept; a budget below it is an error, not a crawl.
 MIN_TILE_ROWS = 16
 
@@ -91,18 +95,31 @@ class KernelOperator:
         Dtype the kernel is evaluated and stored in (default: ``x1``'s). float32 halves memory
         and doubles GEMM speed; the solvers keep their recurrences in float64.
     memory_budget : int or str, default 4 GiB
-        Bytes this operator may hold: tiles in flight plus whatever it caches.
+        Bytes this operator may hold: tiles in flight plus whatever it caches. The cache also
+        leaves 5% of the budget to library workspaces and allocator slack, so
+        that the budget bounds the peak resident memory above the data, not only the tensors
+        the operator allocates.
     cache : {"auto", "dense", "none"}, default "auto"
         ``"dense"``: build and keep the whole (N, M) matrix (error if it exceeds the budget).
         ``"auto"``: in :meth:`normal_mv`, keep as many leading row tiles as the budget allows
         (later passes reuse them) and recompute the rest; :meth:`matvec` without a dense cache
         calls ``kernel.mv`` (memory-free). ``"none"``: never keep tiles.
+    backend : {"auto", "fastkernels", "keops"}, default "auto"
+        How :meth:`matvec` (the product the CG solver calls) computes ``kernel.mv``:
+        ``"auto"`` / ``"fastkernels"``: the ``kernel_mv`` custom op; ``"keops"``: a KeOps
+        reduction (:mod:`fastkernels.ops._keops`), for a :class:`fastkernels.kernels.Kernel`
+        that KeOps expresses, memory-free, so not with ``cache="dense"``. Row tiles and
+        columns (:meth:`normal_mv`, :meth:`rmatvec`, :meth:`columns`, e.g. for a
+        preconditioner) always come from the Gram op.
 
     Raises
     ------
     ValueError
         The budget cannot hold one tile of :data:`MIN_TILE_ROWS` rows (or the dense matrix
-        with ``cache="dense"``).
+        with ``cache="dense"``); an unknown ``backend``; ``backend="keops"`` with
+        ``cache="dense"`` or a kernel KeOps cannot express.
+    ImportError
+        ``backend="keops"`` without pykeops installed.
     """
 
     def __init__(
@@ -115,12 +132,14 @@ class KernelOperator:
         memory_budget=DEFAULT_MEMORY_BUDGET,
         cache: str = "auto",
         reserved_bytes: int = 0,
+        backend: str = "auto",
     ):
         where = "KernelOperator"
         if not callable(kernel) or not hasattr(kernel, "mv"):
             raise TypeError(f"{where}: kernel must be callable with an mv method, got {kernel!r}")
         if cache not in ("auto", "dense", "none"):
             raise ValueError(f"{where}: cache must be 'auto', 'dense' or 'none', got {cache!r}")
+        self.backend = _check_backend(backend, kernel, cache, where)
         dtype = x1.dtype if dtype is None else dtype
         self.square = x2 is None or x2 is x1
         self.kernel = kernel
@@ -148,7 +167,8 @@ class KernelOperator:
         )
         self.block_rows = min(self.block_rows, n)
         # Whatever the tiles in flight leave is the cache allowance.
-        self.cache_bytes = max(0, free - self.block_rows * row_bytes * _TILE_TEMPS)
+        runtime = int(_RUNTIME_SHARE * self.memory_budget)
+        self.cache_bytes = max(0, free - self.block_rows * row_bytes * _TILE_TEMPS - runtime)
         self.cache = cache
         self.K: torch.Tensor | None = None
         self._tiles: list[torch.Tensor] = []  # cached leading row tiles (normal_mv)
@@ -213,8 +233,32 @@ class KernelOperator:
         """K @ V for V (M, T), result (N, T) in V's dtype; memory-free unless cached dense."""
         if self.K is not None:
             return (self.K @ V.to(self.dtype)).to(V.dtype)
-        out = self.kernel.mv(self.x1, self.x2, V.to(self.dtype))
+        if self.backend == "keops":
+            out = self.kernel.mv(self.x1, self.x2, V.to(self.dtype), backend="keops")
+        else:
+            out = self.kernel.mv(self.x1, self.x2, V.to(self.dtype))
         return out.to(V.dtype)
+
+    def _row_tiles(self):
+        """Yield ``(i0, i1, K[i0:i1])`` over all row tiles, one pass.
+
+        With ``cache="auto"`` the leading tiles are kept as far as the budget allows, so every
+        later pass (``normal_mv`` or ``rmatvec``) reads them instead of recomputing them.
+        """
+        n, row_bytes = self.shape[0], self.shape[1] * self.itemsize
+        for t, i0 in enumerate(range(0, n, self.block_rows)):
+            i1 = min(n, i0 + self.block_rows)
+            if t < len(self._tiles):
+                yield i0, i1, self._tiles[t]
+                continue
+            blk = self._tile(i0, i1)
+            if (
+                self.cache == "auto"
+                and t == len(self._tiles)
+                and self.cached_bytes + (i1 - i0) * row_bytes <= self.cache_bytes
+            ):
+                self._tiles.append(blk)
+            yield i0, i1, blk
 
     def normal_mv(self, V: torch.Tensor) -> torch.Tensor:
         """K^T (K V) for V (M, T) in one pass over row tiles; result (M, T) in V's dtype.
@@ -226,19 +270,7 @@ class KernelOperator:
         if self.K is not None:
             return (self.K.mT @ (self.K @ Vc)).to(V.dtype)
         out = torch.zeros((self.shape[1], V.shape[1]), dtype=V.dtype, device=V.device)
-        n, row_bytes = self.shape[0], self.shape[1] * self.itemsize
-        for t, i0 in enumerate(range(0, n, self.block_rows)):
-            i1 = min(n, i0 + self.block_rows)
-            if t < len(self._tiles):
-                blk = self._tiles[t]
-            else:
-                blk = self._tile(i0, i1)
-                if (
-                    self.cache == "auto"
-                    and t == len(self._tiles)
-                    and self.cached_bytes + (i1 - i0) * row_bytes <= self.cache_bytes
-                ):
-                    self._tiles.append(blk)
+        for _, _, blk in self._row_tiles():
             out += (blk.mT @ (blk @ Vc)).to(V.dtype)
         return out
 
@@ -248,9 +280,7 @@ class KernelOperator:
         if self.K is not None:
             return (self.K.mT @ Vc).to(V.dtype)
         out = torch.zeros((self.shape[1], V.shape[1]), dtype=V.dtype, device=V.device)
-        for t, i0 in enumerate(range(0, self.shape[0], self.block_rows)):
-            i1 = min(self.shape[0], i0 + self.block_rows)
-            blk = self._tiles[t] if t < len(self._tiles) else self._tile(i0, i1)
+        for i0, i1, blk in self._row_tiles():
             out += (blk.mT @ Vc[i0:i1]).to(V.dtype)
         return out
 
@@ -277,6 +307,29 @@ class KernelOperator:
         return torch.stack(
             [self.kernel(self.x1[i : i + 1], self.x2[i : i + 1])[0, 0] for i in range(m)]
         )
+
+
+def _check_backend(backend, kernel, cache: str, where: str) -> str:
+    """Validate ``backend`` against the kernel and cache before any work (fail fast)."""
+    from ..kernels import Kernel
+    from ..ops import _keops
+
+    _keops.check_backend(backend, where)
+    if backend != "keops":
+        return backend
+    if cache == "dense":
+        raise ValueError(
+            f"{where}: backend='keops' computes every product memory-free and cannot be "
+            "combined with cache='dense'; use cache='auto' or 'none'"
+        )
+    if not isinstance(kernel, Kernel):
+        raise ValueError(
+            f"{where}: backend='keops' needs a fastkernels.kernels.Kernel of one of "
+            f"{_keops.KEOPS_KERNELS}, got {type(kernel).__name__}"
+        )
+    _keops.check_expressible(kernel.name, where)
+    _keops.pykeops_torch()  # ImportError now, not at the first product of a solve
+    return backend
 
 
 def as_operator(A, where: str = "solver"):

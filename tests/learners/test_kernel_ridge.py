@@ -223,7 +223,7 @@ def test_get_set_params_repr_clone():
         "kernel", "kernel_params", "ridge", "ridge_grid", "bandwidth_grid",
         "validation_fraction", "dtype", "device", "random_state",
         "solver", "n_centers", "memory_budget", "tol", "max_iter", "compute_dtype",
-        "search_size", "warm_start", "verbose",
+        "search_size", "warm_start", "verbose", "backend",
     }  # fmt: skip
     assert model.set_params(ridge=0.1, random_state=3) is model
     assert model.ridge == 0.1 and model.random_state == 3
@@ -462,3 +462,51 @@ def test_ridgeless_not_positive_definite_is_a_documented_fallback():
     # with a clear LinAlgError naming the ridge, not a crash).
     with pytest.raises(ValueError, match="ridge"):
         KernelRidge(kernel="linear", ridge=-1.0).fit(X, Y)
+
+
+# -- backend="keops" ----------------------------------------------------------------------------
+
+
+def test_keops_backend_cg_matches_cholesky(monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("pykeops") is None:
+        pytest.skip("pykeops is not installed (the keops extra)")
+    from fastkernels.ops import _keops
+
+    calls = []
+    real = _keops.kernel_mv
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(_keops, "kernel_mv", spy)
+    # D = 5 and 3 outputs in float64: a formula tests/ops/test_keops_backend.py compiles too.
+    X, Y, Xt, _ = data(n=301, d=5, k=3, n_test=37)
+    common = dict(kernel_params={"gamma": 0.3}, ridge=1e-2, verbose=False)
+    exact = KernelRidge(solver="cholesky", **common).fit(X, Y)
+    model = KernelRidge(
+        solver="cg", backend="keops", compute_dtype="float64", tol=1e-10, n_centers=30, **common
+    ).fit(X, Y)
+    assert model.get_params()["backend"] == "keops"
+    assert model.solver_info_["converged"] and not model.solver_info_["extra"]["dense_gram"]
+    # Every CG product (and residual check) went through KeOps, none through a stored Gram.
+    assert len(calls) >= model.solver_info_["iterations"] > 1
+    np.testing.assert_allclose(model.predict(Xt), exact.predict(Xt), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "params,match",
+    [
+        ({"backend": "KeOps"}, "backend must be one of"),
+        ({"backend": "keops"}, r"backend='keops' runs the CG products only; pass solver='cg'"),
+        ({"backend": "keops", "solver": "nystrom"}, "pass solver='cg'"),
+        ({"backend": "keops", "solver": "cg", "kernel": "ntk"}, "'ntk' is not expressible"),
+    ],
+)
+def test_bad_backend_params(params, match):
+    X, Y, _, _ = data()
+    kw = {"kernel_params": {"gamma": 0.1}} if params.get("kernel") is None else {}
+    with pytest.raises(ValueError, match=match):
+        KernelRidge(ridge=0.1, verbose=False, **kw, **params).fit(X, Y)
