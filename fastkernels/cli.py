@@ -215,6 +215,14 @@ def _cmd_info(args) -> int:
     print("optional backends:")
     for module, what in OPTIONAL_BACKENDS:
         print(f"  {module:<16} {_probe(module):<40} {what}")
+    from .ops import HAS_CPP, HAS_TRITON
+
+    # What the dispatcher runs for the ops (gram, kernel_mv, ntk_gram, ntk_mv) per device.
+    cpu = "C++ (fastkernels._C)" if HAS_CPP else "reference (C++ extension not built)"
+    cuda = "Triton (fastkernels.ops._triton)" if HAS_TRITON else "reference (triton not importable)"
+    print("op implementations:")
+    print(f"  {'CPU tensors':<16} {cpu}")
+    print(f"  {'CUDA tensors':<16} {cuda}")
     print("learners:")
     for type_name in LEARNERS:
         try:

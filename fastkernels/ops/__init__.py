@@ -4,11 +4,15 @@ Each op is a ``torch.library.custom_op`` whose body is the readable torch refere
 implementations are registered per device on the same op name, so callers just call
 ``torch.ops.fastkernels.<op>`` (or the thin wrappers here) and the dispatcher picks:
 
-- CPU tensors: the C++ kernels of ``fastkernels._C`` (``csrc/``) when the extension was built,
-  for the kernels it implements (:data:`CPP_KERNELS`); otherwise the reference;
+- CPU tensors: the C++ kernels of ``fastkernels._C`` (``csrc/``) when the extension was built
+  (``gram`` / ``kernel_mv`` for the kernels in :data:`CPP_KERNELS`; ``ntk_gram`` / ``ntk_mv``
+  always); otherwise the reference;
+- CUDA tensors: the Triton kernels of :mod:`fastkernels.ops._triton` when ``triton`` imports;
+  otherwise the reference;
 - any other device: the reference.
 
-``HAS_CPP`` says whether the extension loaded (``fastkernels info`` reports it too).
+``HAS_CPP`` says whether the extension loaded and ``HAS_TRITON`` whether the Triton kernels are
+registered (``fastkernels info`` reports both).
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from .gram import gram as _gram_op
 from .gram import gram_reference
 from .kernel_mv import kernel_mv as _kernel_mv_op
 from .kernel_mv import kernel_mv_reference
-from .ntk_gram import ntk_gram
-from .ntk_mv import ntk_mv
+from .ntk_gram import ntk_gram, ntk_gram_reference
+from .ntk_mv import ntk_mv, ntk_mv_reference
 
 __all__ = [
     "gram",
@@ -31,17 +35,20 @@ __all__ = [
     "ntk_mv",
     "gram_reference",
     "kernel_mv_reference",
+    "ntk_gram_reference",
+    "ntk_mv_reference",
     "pack_params",
     "unpack_params",
     "KERNEL_NAMES",
     "CPP_KERNELS",
     "HAS_CPP",
+    "HAS_TRITON",
 ]
 
 
 def _load_extension() -> bool:
     try:
-        from .. import _C  # noqa: F401  (registers fastkernels::_gram_cpu / _kernel_mv_cpu)
+        from .. import _C  # noqa: F401  (registers fastkernels::_gram_cpu, _ntk_gram_cpu, ...)
     except ImportError:
         return False
     return True
@@ -62,6 +69,44 @@ if HAS_CPP:
         if kernel in CPP_KERNELS:
             return torch.ops.fastkernels._kernel_mv_cpu(x1, x2, v, kernel, params, diag_offset)
         return kernel_mv_reference(x1, x2, v, kernel, params, diag_offset)
+
+    @ntk_gram.register_kernel("cpu")
+    def _ntk_gram_cpu(a1, b1, a2, b2):
+        return torch.ops.fastkernels._ntk_gram_cpu(a1, b1, a2, b2)
+
+    @ntk_mv.register_kernel("cpu")
+    def _ntk_mv_cpu(a1, b1, a2, b2, v):
+        return torch.ops.fastkernels._ntk_mv_cpu(a1, b1, a2, b2, v)
+
+
+def _load_triton() -> bool:
+    try:
+        from . import _triton  # noqa: F401  (imports triton; no GPU or driver needed)
+    except Exception:  # not installed, or a broken install failing at import: keep the reference
+        return False
+    return True
+
+
+HAS_TRITON = _load_triton()
+
+if HAS_TRITON:
+    from ._triton import gram_triton, kernel_mv_triton, ntk_gram_triton, ntk_mv_triton
+
+    @_gram_op.register_kernel("cuda")
+    def _gram_cuda(x1, x2, kernel, params, diag_offset):
+        return gram_triton(x1, x2, kernel, params, diag_offset)
+
+    @_kernel_mv_op.register_kernel("cuda")
+    def _kernel_mv_cuda(x1, x2, v, kernel, params, diag_offset):
+        return kernel_mv_triton(x1, x2, v, kernel, params, diag_offset)
+
+    @ntk_gram.register_kernel("cuda")
+    def _ntk_gram_cuda(a1, b1, a2, b2):
+        return ntk_gram_triton(a1, b1, a2, b2)
+
+    @ntk_mv.register_kernel("cuda")
+    def _ntk_mv_cuda(a1, b1, a2, b2, v):
+        return ntk_mv_triton(a1, b1, a2, b2, v)
 
 
 def gram(
@@ -105,8 +150,9 @@ def kernel_mv(
     params=(1.0,),
     *,
     diag_offset: int | None = None,
+    backend: str = "auto",
 ) -> Tensor:
-    """``K(x1, x2) @ v`` through ``torch.ops.fastkernels.kernel_mv``; K is never stored.
+    """``K(x1, x2) @ v`` through ``torch.ops.fastkernels.kernel_mv`` or KeOps; K is never stored.
 
     Parameters
     ----------
@@ -119,16 +165,35 @@ def kernel_mv(
         Packed parameters (see :func:`pack_params`).
     diag_offset : int, optional
         As for :func:`gram` (default 0 when ``x1 is x2``).
+    backend : {"auto", "fastkernels", "keops"}, default "auto"
+        ``"auto"`` and ``"fastkernels"``: the custom op (the dispatcher picks C++ / reference).
+        ``"keops"``: a KeOps reduction (:mod:`fastkernels.ops._keops`; needs pykeops, the
+        ``keops`` extra) for the kernels it expresses (rbf, laplace, matern, polynomial,
+        linear, arccos); forward-only; the first call per formula compiles it (10-20 s, then
+        cached in the user's cache folder).
 
     Returns
     -------
     Tensor, shape (N,) or (N, T) following ``v``, dtype and device of the inputs
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad input (the op's checks, for every backend), an unknown ``backend``, or a kernel
+        KeOps cannot express with ``backend="keops"``.
+    ImportError
+        ``backend="keops"`` without pykeops installed.
     """
+    from . import _keops  # light: pykeops itself is imported on first KeOps use only
+
+    _keops.check_backend(backend, "fastkernels.ops.kernel_mv")
     if x1 is x2 and diag_offset is None:
         diag_offset = 0
     vec = isinstance(v, Tensor) and v.dim() == 1
     vv = v[:, None] if vec else v
-    out = torch.ops.fastkernels.kernel_mv(
-        x1, x2, vv, kernel, [float(p) for p in params], diag_offset
-    )
+    params = [float(p) for p in params]
+    if backend == "keops":
+        out = _keops.kernel_mv(x1, x2, vv, kernel, params, diag_offset)
+    else:
+        out = torch.ops.fastkernels.kernel_mv(x1, x2, vv, kernel, params, diag_offset)
     return out[:, 0] if vec else out
