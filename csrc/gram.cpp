@@ -23,9 +23,11 @@ at::Tensor gram_cpu(const at::Tensor& x1_in, const at::Tensor& x2_in, c10::strin
   if (!diag_offset && same_input) diag_offset = 0;
   // Below autograd: the custom op's autograd formula already wraps this call.
   at::AutoDispatchBelowADInplaceOrView guard;
-
-  const at::Tensor x1 = x1_in.contiguous();
-  const at::Tensor x2 = same_input ? x1 : x2_in.contiguous();
+  // Detached views: at::parallel_for does not carry the guard above (thread-local state) into
+  // its worker threads, where an at::mm_out on a tensor that requires grad would go through
+  // autograd and fail (out= ops are not differentiable).
+  const at::Tensor x1 = x1_in.detach().contiguous();
+  const at::Tensor x2 = same_input ? x1 : x2_in.detach().contiguous();
   const int64_t n = x1.size(0), m = x2.size(0);
   at::Tensor out = at::empty({n, m}, x1.options());
 

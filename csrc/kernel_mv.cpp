@@ -32,9 +32,9 @@ at::Tensor kernel_mv_cpu(const at::Tensor& x1_in, const at::Tensor& x2_in, const
   if (!diag_offset && same_input) diag_offset = 0;
   at::AutoDispatchBelowADInplaceOrView guard;
 
-  const at::Tensor x1 = x1_in.contiguous();
-  const at::Tensor x2 = same_input ? x1 : x2_in.contiguous();
-  const at::Tensor v = v_in.contiguous();
+  const at::Tensor x1 = x1_in.detach().contiguous();
+  const at::Tensor x2 = same_input ? x1 : x2_in.detach().contiguous();
+  const at::Tensor v = v_in.detach().contiguous();
   const int64_t n = x1.size(0), m = x2.size(0), nt = v.size(1);
   at::Tensor out = at::zeros({n, nt}, x1.options());
 

@@ -84,7 +84,10 @@ inline void check_factors_finite(const char* op, at::TensorList lst, const char*
 // The same values in the same layout (one tensor, or two views of one memory block): then the
 // two sides of K are the same points and K is symmetric.
 inline bool same_view(const at::Tensor& x, const at::Tensor& y) {
-  return x.data_ptr() == y.data_ptr() && x.sizes() == y.sizes() && x.strides() == y.strides();
+  // A lazy negation (neg bit) shares the memory but not the values.
+  return x.data_ptr() == y.data_ptr() && x.sizes() == y.sizes() && x.strides() == y.strides() &&
+         x.scalar_type() == y.scalar_type() && x.is_neg() == y.is_neg() &&
+         x.is_conj() == y.is_conj();
 }
 
 inline bool symmetric_factors(at::TensorList a1, at::TensorList b1, at::TensorList a2,
@@ -96,11 +99,13 @@ inline bool symmetric_factors(at::TensorList a1, at::TensorList b1, at::TensorLi
 }
 
 // Each factor with unit column stride, so that the GEMMs read rows directly; a list shared by
-// both sides stays shared (no second copy).
+// both sides stays shared (no second copy). Detached: at::parallel_for does not carry the
+// below-autograd guard into its worker threads, where at::mm_out on a tensor that requires grad
+// would fail.
 inline Factors contiguous_factors(at::TensorList lst) {
   Factors out;
   out.reserve(lst.size());
-  for (const auto& t : lst) out.push_back(t.contiguous());
+  for (const auto& t : lst) out.push_back(t.detach().contiguous());
   return out;
 }
 

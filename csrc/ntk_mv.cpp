@@ -27,13 +27,13 @@ at::Tensor ntk_mv_cpu(at::TensorList a1_in, at::TensorList b1_in, at::TensorList
     check_factors_finite(op, a2_in, "a2");
     check_factors_finite(op, b2_in, "b2");
   }
-  TORCH_CHECK_VALUE(at::isfinite(v_in).all().item<bool>(), op, ": v[0] contains NaN or inf");
+  TORCH_CHECK_VALUE(at::isfinite(v_in).all().item<bool>(), op, ": v contains NaN or inf");
   at::AutoDispatchBelowADInplaceOrView guard;
 
   const Factors a1 = contiguous_factors(a1_in), b1 = contiguous_factors(b1_in);
   const Factors a2 = sym ? a1 : contiguous_factors(a2_in);
   const Factors b2 = sym ? b1 : contiguous_factors(b2_in);
-  const at::Tensor v = v_in.contiguous();
+  const at::Tensor v = v_in.detach().contiguous();
   const int64_t n = a1[0].size(0), m = a2[0].size(0), nt = v.size(1);
   const int64_t ti = (n + kNtkTile - 1) / kNtkTile, tj = (m + kNtkTile - 1) / kNtkTile;
   const auto opts = a1[0].options();

@@ -8,7 +8,9 @@ from per-layer factors: A_l (rows, p_l) are layer inputs (with a ones column for
 B_l (rows, q_l) output sensitivities (the k outputs' signals side by side for the trace NTK).
 They work on row tiles of K so that no per-layer N x M matrix is ever allocated: the extra memory
 is a few tiles of ``tile_rows`` x M. When both sides are the same points (:func:`same_factors`),
-K is symmetric: a row tile computes only its columns from the diagonal on (about half the work).
+K is symmetric: the reference and the C++ kernels compute only the tiles from the diagonal on
+(about half the work) and mirror them, so the result is exactly symmetric. The Triton kernels
+(CUDA) compute every tile; their result is symmetric to rounding.
 """
 
 from __future__ import annotations
@@ -87,11 +89,15 @@ def check_factors(op: str, a1, b1, a2, b2, v=None) -> None:
             raise ValueError(f"{op}: v must be ({m}, T) with T >= 1, got {tuple(v.shape)}")
 
 
-def check_finite(op: str, **lists) -> None:
-    for name, lst in lists.items():
-        for i, t in enumerate(lst if isinstance(lst, (list, tuple)) else [lst]):
-            if not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{op}: {name}[{i}] contains NaN or inf")
+def check_finite(op: str, **inputs) -> None:
+    """NaN / inf in a factor list (named ``name[i]``) or a single tensor (named ``name``)."""
+    for name, val in inputs.items():
+        if isinstance(val, (list, tuple)):
+            for i, t in enumerate(val):
+                if not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"{op}: {name}[{i}] contains NaN or inf")
+        elif not bool(torch.isfinite(val).all()):
+            raise ValueError(f"{op}: {name} contains NaN or inf")
 
 
 def same_factors(a1, b1, a2, b2) -> bool:
@@ -104,6 +110,9 @@ def same_factors(a1, b1, a2, b2) -> bool:
             and x.data_ptr() == y.data_ptr()
             and x.shape == y.shape
             and x.stride() == y.stride()
+            and x.dtype == y.dtype
+            and x.is_neg() == y.is_neg()  # a lazy negation shares the memory, not the values
+            and x.is_conj() == y.is_conj()
         )
 
     return all(same(x, y) for x, y in zip(a1, a2)) and all(same(x, y) for x, y in zip(b1, b2))

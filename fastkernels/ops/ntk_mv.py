@@ -41,7 +41,7 @@ def ntk_mv_reference(
     check_finite(OP, a1=a1, b1=b1)
     if not sym:
         check_finite(OP, a2=a2, b2=b2)
-    check_finite(OP, v=[v])
+    check_finite(OP, v=v)
     n, m = a1[0].shape[0], a2[0].shape[0]
     out = v.new_zeros((n, v.shape[1]))
     step = symmetric_tile_rows(n) if sym else tile_rows(n, m)
