@@ -3,8 +3,9 @@
 Implementations: the reference (the op body below: :mod:`fastkernels.kernels.formulas`, any
 device, the test oracle); C++ for CPU tensors (``csrc/gram.cpp``, registered in
 :mod:`fastkernels.ops` when ``fastkernels._C`` imports; kernels outside
-:data:`~fastkernels.ops._common.CPP_KERNELS` keep the reference). Autograd is the same for every
-implementation (:func:`~fastkernels.ops._common.gram_vjp_terms`).
+:data:`~fastkernels.ops._common.CPP_KERNELS` keep the reference); Triton for CUDA tensors
+(:mod:`fastkernels.ops._triton.gram`, registered when ``triton`` imports). Autograd is the same
+for every implementation (:func:`~fastkernels.ops._common.gram_vjp_terms`).
 """
 
 from __future__ import annotations

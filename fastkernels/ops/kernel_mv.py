@@ -3,9 +3,11 @@
 Implementations: the reference (the op body: row blocks of the Gram from
 :mod:`fastkernels.kernels.formulas`, at most :data:`BLOCK_ENTRIES` kernel entries at a time);
 C++ for CPU tensors (``csrc/kernel_mv.cpp``: one tile of K per thread, multiplied by its slice of
-v while it is in cache). The backward is memory-free too: ``dL/dv = K^T g`` is another
-``kernel_mv`` with the roles of x1 and x2 swapped, and ``dL/dx1``, ``dL/dx2`` are accumulated
-over row blocks with ``dL/dK = g v^T`` formed one block at a time.
+v while it is in cache); Triton for CUDA tensors (:mod:`fastkernels.ops._triton.kernel_mv`).
+The wrapper :func:`fastkernels.ops.kernel_mv` also offers ``backend="keops"`` (a KeOps
+reduction, forward only, outside this op). The backward is memory-free too:
+``dL/dv = K^T g`` is another ``kernel_mv`` with the roles of x1 and x2 swapped, and ``dL/dx1``,
+``dL/dx2`` are accumulated over row blocks with ``dL/dK = g v^T`` formed one block at a time.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def ntk_gram(a1: list[Tensor], b1: list[Tensor], a2: list[Tensor], b2: list[Tens
     a2, b2 : list of Tensor, shapes (M, p_l) and (M, q_l)
         The same for the second set. When every a2[l] / b2[l] is the same tensor as a1[l] /
         b1[l] (or a view of the same memory with the same shape and strides), K is symmetric and
-        only half of it is computed; the result is then exactly symmetric.
+        only half of it is computed on CPU (exactly symmetric result; CUDA: all of it).
 
     Returns
     -------

@@ -72,14 +72,15 @@ def _kernel_mv_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_t = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    # int64 offsets: N * D (or N x the factors' total width) may exceed 2^31 elements.
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     dt = x1_ptr.dtype.element_ty
     gamma = tl.load(params_ptr)
     coef0 = tl.load(params_ptr + 1)
     acc = tl.zeros((BLOCK_M, BLOCK_T), dtype=dt)
     for n0 in range(0, M, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
+        offs_n = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
         s, n1, n2 = _tile_terms(
             x1_ptr,
             x2_ptr,

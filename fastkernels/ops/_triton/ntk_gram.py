@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._ntk_common import check_factors, check_finite
+from .._ntk_common import check_factors, check_finite, same_factors
 from ._common import default_block_k, dot_block, input_precision, launch_device
 from ._ntk import _ntk_tile, pack_factors
 
@@ -58,8 +58,9 @@ def _ntk_gram_kernel(
     pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
     pid_n = (pid % num_pid_in_group) // group_size_m
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # int64 offsets: N * D (or N x the factors' total width) may exceed 2^31 elements.
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     k = _ntk_tile(
         a1_ptr, b1_ptr, a2_ptr, b2_ptr, a_off_ptr, b_off_ptr, L, offs_m, offs_n, N, M,
         stride_a1, stride_b1, stride_a2, stride_b2,
@@ -118,7 +119,9 @@ def ntk_gram_triton(
     check_factors(OP, a1, b1, a2, b2)
     check_finite(OP, a1=a1, b1=b1, a2=a2, b2=b2)
     pa1, pb1, a_off, b_off = pack_factors(a1, b1)
-    pa2, pb2, _, _ = pack_factors(a2, b2)
+    # The same points on both sides (a trace NTK of x with itself): pack once, not twice.
+    same = same_factors(a1, b1, a2, b2)
+    pa2, pb2 = (pa1, pb1) if same else pack_factors(a2, b2)[:2]
     n, m = pa1.shape[0], pa2.shape[0]
     width = max(t.shape[1] for t in a1 + b1)
     out = pa1.new_empty((n, m))

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._ntk_common import check_factors, check_finite
+from .._ntk_common import check_factors, check_finite, same_factors
 from ._common import default_block_k, dot_block, input_precision, launch_device
 from ._ntk import _ntk_tile, pack_factors
 
@@ -55,12 +55,13 @@ def _ntk_mv_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_t = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    # int64 offsets: N * D (or N x the factors' total width) may exceed 2^31 elements.
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     dt = a1_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_M, BLOCK_T), dtype=dt)
     for n0 in range(0, M, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
+        offs_n = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
         k = _ntk_tile(
             a1_ptr, b1_ptr, a2_ptr, b2_ptr, a_off_ptr, b_off_ptr, L, offs_m, offs_n, N, M,
             stride_a1, stride_b1, stride_a2, stride_b2,
@@ -124,9 +125,11 @@ def ntk_mv_triton(
     Tensor, shape (N, T), dtype and device of the inputs
     """
     check_factors(OP, a1, b1, a2, b2, v)
-    check_finite(OP, a1=a1, b1=b1, a2=a2, b2=b2, v=[v])
+    check_finite(OP, a1=a1, b1=b1, a2=a2, b2=b2, v=v)
     pa1, pb1, a_off, b_off = pack_factors(a1, b1)
-    pa2, pb2, _, _ = pack_factors(a2, b2)
+    # The same points on both sides (a trace NTK of x with itself): pack once, not twice.
+    same = same_factors(a1, b1, a2, b2)
+    pa2, pb2 = (pa1, pb1) if same else pack_factors(a2, b2)[:2]
     n, (m, t) = pa1.shape[0], v.shape
     width = max(x.shape[1] for x in a1 + b1)
     out = v.new_empty((n, t))
