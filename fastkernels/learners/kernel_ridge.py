@@ -62,7 +62,8 @@ def choose_solver(
       (3 N^2 x 8 bytes) fit the budget, and for ridge = 0 (ridgeless interpolation, where CG is
       unreliable) whenever they fit;
     - ``"cg"`` (exact kernel ridge on the dense Gram, stored in the compute dtype, with a
-      Nystrom preconditioner) while N^2 entries fit the budget;
+      Nystrom preconditioner) while N^2 entries fit the budget next to the preconditioner, the
+      tiles in flight and the runtime share (:meth:`KernelOperator.dense_fits`);
     - ``"nystrom"`` (FALKON, approximate) beyond.
 
     Returns
@@ -71,6 +72,7 @@ def choose_solver(
     """
     chol_bytes = 3 * 8 * n * n
     dense_bytes = compute_itemsize * n * n + compute_itemsize * n * DEFAULT_CG_RANK
+    pre_bytes = 2 * n * min(n, DEFAULT_CG_RANK) * compute_itemsize
     budget = format_bytes(memory_budget)
     if chol_bytes <= memory_budget and (
         n <= max(AUTO_CHOLESKY_MAX_N, 20 * n_outputs) or ridge == 0
@@ -81,14 +83,14 @@ def choose_solver(
             else (f"N = {n} <= {max(AUTO_CHOLESKY_MAX_N, 20 * n_outputs)}")
         )
         return "cholesky", f"{why}; float64 Gram + factor {format_bytes(chol_bytes)} fit {budget}"
-    if dense_bytes <= memory_budget:
+    if KernelOperator.dense_fits(n, n, compute_itemsize, memory_budget, pre_bytes):
         return "cg", (
             f"N = {n}: dense Gram {format_bytes(dense_bytes)} fits {budget}; exact kernel ridge "
             "by Nystrom-preconditioned CG"
         )
     return "nystrom", (
-        f"N = {n}: dense Gram {format_bytes(dense_bytes)} exceeds {budget}; Nystrom "
-        "approximation by FALKON-preconditioned CG"
+        f"N = {n}: dense Gram {format_bytes(dense_bytes)} with its tiles, preconditioner and "
+        f"runtime share exceeds {budget}; Nystrom approximation by FALKON-preconditioned CG"
     )
 
 
@@ -409,17 +411,21 @@ class KernelRidge(BaseRegressor):
                 f"more than the N = {n} samples"
             )
         pre_bytes = 2 * n * rank * itemsize
-        # KeOps products are memory-free by design: never a dense Gram with that backend.
-        dense = self.backend != "keops" and n * n * itemsize + pre_bytes <= budget
         # Without room for the preconditioner's N x rank factor, run plain CG.
         use_pre = pre_bytes <= budget // 2
+        reserved = pre_bytes if use_pre else 0
+        # KeOps products are memory-free by design: never a dense Gram with that backend. The
+        # operator's own accounting (tiles, runtime share) decides, so "dense" cannot fail.
+        dense = self.backend != "keops" and KernelOperator.dense_fits(
+            n, n, itemsize, budget, reserved
+        )
         op = KernelOperator(
             kernel,
             X,
             dtype=cdtype,
             memory_budget=budget,
             cache="dense" if dense else "none",
-            reserved_bytes=pre_bytes if use_pre else 0,
+            reserved_bytes=reserved,
             backend=self.backend,
         )
         pre = None

@@ -54,7 +54,9 @@ class SolverInfo:
     true_residuals : list of (int, float)
         ``(iteration, true relative residual)`` at each check.
     final_residual : float
-        The last true relative residual.
+        The true relative residual of the returned solution. Iterative solvers return their
+        best iterate by true residual, so this is the smallest entry of ``true_residuals``,
+        not necessarily the last.
     tol : float
         The tolerance asked for.
     time_s : float

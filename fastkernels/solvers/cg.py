@@ -107,6 +107,10 @@ def cg(
     Bm = check_rhs(B, n, where, "B")
     if not (isinstance(tol, (int, float)) and 0 < tol < 1):
         raise ValueError(f"{where}: tol must be in (0, 1), got {tol!r}")
+    if not (isinstance(stall_gain, (int, float)) and 0 < stall_gain <= 1):
+        raise ValueError(f"{where}: stall_gain must be in (0, 1], got {stall_gain!r}")
+    if stall_below is not None and not (isinstance(stall_below, (int, float)) and stall_below > 0):
+        raise ValueError(f"{where}: stall_below must be a number > 0, got {stall_below!r}")
     max_iter = min(n, 1000) if max_iter is None else int(max_iter)
     if max_iter < 1:
         raise ValueError(f"{where}: max_iter must be >= 1, got {max_iter}")
@@ -147,8 +151,6 @@ def cg(
         # Rounding floor of the products: a float32 Gram cannot give residuals much below
         # sqrt(eps).
         stall_below = 10 * torch.finfo(getattr(op, "dtype", work)).eps ** 0.5
-    if not 0 < stall_gain <= 1:
-        raise ValueError(f"{where}: stall_gain must be in (0, 1], got {stall_gain!r}")
     precond = preconditioner if preconditioner is not None else (lambda r: r)
     Z = precond(R).to(work)
     P = Z.clone()

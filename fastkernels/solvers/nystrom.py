@@ -94,12 +94,17 @@ def nystrom_pcg(
     x0 : Tensor, shape (M, T), optional
         Warm start for beta.
     tol : float, default 1e-6
-        Stop when the true relative residual of the preconditioned system is <= tol.
+        Stop when the true relative residual of the preconditioned system,
+        ``||g - B^T H B u|| / ||g||`` with ``g = B^T K_nM^T Y``, is <= tol. The system is
+        solved by :func:`~fastkernels.solvers.cg` (true-residual checks, best iterate kept);
+        three checks without a 2x gain stop it at any level (the tiles' rounding floor).
     max_iter : int, default 200
     check_every : int, default 10
         Recompute the true residual (one extra pass) this often; see :func:`cg`.
     memory_budget : int or str, default 4 GiB
-        Bytes for the M x M factors, the tiles in flight and a cache of K_nM tiles.
+        Bytes for everything the solve holds above the data: the M x M factors (six float64
+        M x M matrices at the setup's peak), the tiles in flight, a cache of K_nM tiles and 10%
+        left to library workspaces (see :class:`KernelOperator`).
     dtype : torch.dtype or None, default torch.float32
         Dtype the kernel tiles are evaluated in (None: X's). The M x M algebra and the CG
         recurrences run in float64.
@@ -113,7 +118,15 @@ def nystrom_pcg(
     Returns
     -------
     NystromResult
-        ``coef`` (M, T) in Y's dtype (or (M,) for 1-D Y), ``centers``, ``info``.
+        ``coef`` (M, T) in Y's dtype (or (M,) for 1-D Y): the best iterate by true residual;
+        ``centers``; ``center_indices`` (rows of X, or None for given centres); ``info``
+        (``info.extra``: ``n_centers``, ``jitter``, ``tile_rows``, ``cached_bytes``,
+        ``memory_budget``).
+
+    Warns
+    -----
+    ConvergenceWarning
+        Stopped above ``tol`` (max_iter, stagnation or divergence), with the final residual.
 
     Raises
     ------
@@ -156,6 +169,12 @@ def nystrom_pcg(
     m, t = Z.shape[0], Ym.shape[1]
     if not (isinstance(tol, (int, float)) and 0 < tol < 1):
         raise ValueError(f"{where}: tol must be in (0, 1), got {tol!r}")
+    x0m = None
+    if x0 is not None:  # checked before any work on the data
+        ok = isinstance(x0, torch.Tensor) and x0.dim() in (1, 2)
+        x0m = (x0[:, None] if x0.dim() == 1 else x0) if ok else None
+        if x0m is None or x0m.shape != (m, t) or not bool(torch.isfinite(x0m).all()):
+            raise ValueError(f"{where}: x0 must be a finite ({m}, {t}) tensor, got {_shape(x0)}")
     # Float64 M x M matrices at the setup's peak (K_MM, a symmetrised or jittered copy, the two
     # Cholesky factors and a factorisation's workspace) plus the CG state: reserved from the
     # budget before the operator sizes its tiles and cache.
@@ -216,10 +235,7 @@ def nystrom_pcg(
 
     g = apply_Bt(operator.rmatvec(Ym.to(work)))  # B^T K_nM^T Y: one pass over the data
     u0 = None
-    if x0 is not None:
-        x0m = x0[:, None] if x0.dim() == 1 else x0
-        if x0m.shape != (m, t) or not bool(torch.isfinite(x0m).all()):
-            raise ValueError(f"{where}: x0 must be a finite ({m}, {t}) tensor, got {_shape(x0)}")
+    if x0m is not None:
         u0 = Am @ (Tm @ x0m.to(work))  # u = B^{-1} beta0
     # The preconditioned system B^T H B u = g is solved by the library's one CG loop (true
     # residual checks, best iterate, divergence). Its stall rule differs from exact CG's: the

@@ -27,8 +27,9 @@ _TILE_TEMPS = 4
 _TILE_ENTRIES = 1 << 24
 # Share of the budget never given to the tile cache: library workspaces (BLAS, OpenMP), the
 # solver's small vectors and allocator slack also count against a budget that bounds the
-# process's peak (measured: ~190 MiB above the operator's own bytes on a 4 GiB Nystrom fit).
-_RUNTIME_SHARE = 0.05
+# process's peak (measured with 5% on 4 GiB Nystrom fits at N = 10^6: peaks of 3705 MiB (RBF,
+# 3000 centres) and 3819 MiB (analytic NTK, 2000 centres) above the data; 10% keeps a margin).
+_RUNTIME_SHARE = 0.10
 # The smallest tile the blocked products accept; a budget below it is an error, not a crawl.
 MIN_TILE_ROWS = 16
 
@@ -61,7 +62,7 @@ class DenseOperator:
 
     def matvec(self, V: torch.Tensor) -> torch.Tensor:
         """K @ V for V (M, T); the result has V's dtype (the product runs in K's dtype)."""
-        return (self.K @ V.to(self.K.dtype)).to(V.dtype)
+        return (self.K @ _pad_columns(V.to(self.K.dtype)))[:, : V.shape[1]].to(V.dtype)
 
     def rmatvec(self, V: torch.Tensor) -> torch.Tensor:
         """K^T @ V for V (N, T)."""
@@ -96,12 +97,14 @@ class KernelOperator:
         and doubles GEMM speed; the solvers keep their recurrences in float64.
     memory_budget : int or str, default 4 GiB
         Bytes this operator may hold: tiles in flight plus whatever it caches. The cache also
-        leaves 5% of the budget to library workspaces and allocator slack, so
+        leaves 10% of the budget to library workspaces and allocator slack, so
         that the budget bounds the peak resident memory above the data, not only the tensors
         the operator allocates.
     cache : {"auto", "dense", "none"}, default "auto"
-        ``"dense"``: build and keep the whole (N, M) matrix (error if it exceeds the budget).
-        ``"auto"``: in :meth:`normal_mv`, keep as many leading row tiles as the budget allows
+        ``"dense"``: build and keep the whole (N, M) matrix (error if it does not fit the cache
+        allowance: the budget less ``reserved_bytes``, the tiles in flight and the runtime share;
+        :meth:`dense_fits` tells beforehand). ``"auto"``: in the passes over row tiles
+        (:meth:`normal_mv`, :meth:`rmatvec`), keep as many leading tiles as the allowance holds
         (later passes reuse them) and recompute the rest; :meth:`matvec` without a dense cache
         calls ``kernel.mv`` (memory-free). ``"none"``: never keep tiles.
     backend : {"auto", "fastkernels", "keops"}, default "auto"
@@ -162,19 +165,31 @@ class KernelOperator:
                 + "); raise memory_budget"
                 + (" or lower n_centers" if not self.square else "")
             )
-        self.block_rows = int(
-            max(MIN_TILE_ROWS, min(n, _TILE_ENTRIES // m, free // 2 // (row_bytes * _TILE_TEMPS)))
+        self.block_rows, self.cache_bytes = _tile_plan(
+            n, m, self.itemsize, self.memory_budget, reserved_bytes
         )
-        self.block_rows = min(self.block_rows, n)
-        # Whatever the tiles in flight leave is the cache allowance.
-        runtime = int(_RUNTIME_SHARE * self.memory_budget)
-        self.cache_bytes = max(0, free - self.block_rows * row_bytes * _TILE_TEMPS - runtime)
         self.cache = cache
         self.K: torch.Tensor | None = None
-        self._tiles: list[torch.Tensor] = []  # cached leading row tiles (normal_mv)
+        self._tiles: list[torch.Tensor] = []  # cached leading row tiles (see _row_tiles)
         self._diag: torch.Tensor | None = None
         if cache == "dense":
             self.build_dense()
+
+    @staticmethod
+    def dense_fits(
+        n: int, m: int, itemsize: int, memory_budget: int, reserved_bytes: int = 0
+    ) -> bool:
+        """Whether an operator built with these sizes could hold its dense (N, M) matrix.
+
+        The same accounting as the constructor (tiles in flight, the runtime share and
+        ``reserved_bytes`` come first), so a solver that asks this before building the
+        operator with ``cache="dense"`` never gets the budget error.
+        """
+        free = memory_budget - reserved_bytes
+        if free < min(n, MIN_TILE_ROWS) * m * itemsize * _TILE_TEMPS:
+            return False
+        _, cache_bytes = _tile_plan(n, m, itemsize, memory_budget, reserved_bytes)
+        return n * m * itemsize <= cache_bytes
 
     # -- storage ------------------------------------------------------------------------------
     @property
@@ -232,7 +247,7 @@ class KernelOperator:
     def matvec(self, V: torch.Tensor) -> torch.Tensor:
         """K @ V for V (M, T), result (N, T) in V's dtype; memory-free unless cached dense."""
         if self.K is not None:
-            return (self.K @ V.to(self.dtype)).to(V.dtype)
+            return (self.K @ _pad_columns(V.to(self.dtype)))[:, : V.shape[1]].to(V.dtype)
         if self.backend == "keops":
             out = self.kernel.mv(self.x1, self.x2, V.to(self.dtype), backend="keops")
         else:
@@ -266,22 +281,24 @@ class KernelOperator:
         Each tile's partial product runs in the operator's dtype and is accumulated in V's dtype
         (float64 for the solvers), so rounding does not grow with the number of tiles.
         """
-        Vc = V.to(self.dtype)
+        t = V.shape[1]
+        Vc = _pad_columns(V.to(self.dtype))
         if self.K is not None:
-            return (self.K.mT @ (self.K @ Vc)).to(V.dtype)
-        out = torch.zeros((self.shape[1], V.shape[1]), dtype=V.dtype, device=V.device)
+            return (self.K.mT @ (self.K @ Vc))[:, :t].to(V.dtype)
+        out = torch.zeros((self.shape[1], t), dtype=V.dtype, device=V.device)
         for _, _, blk in self._row_tiles():
-            out += (blk.mT @ (blk @ Vc)).to(V.dtype)
+            out += (blk.mT @ (blk @ Vc))[:, :t].to(V.dtype)
         return out
 
     def rmatvec(self, V: torch.Tensor) -> torch.Tensor:
         """K^T @ V for V (N, T), result (M, T) in V's dtype (one pass over row tiles)."""
-        Vc = V.to(self.dtype)
+        t = V.shape[1]
+        Vc = _pad_columns(V.to(self.dtype))
         if self.K is not None:
-            return (self.K.mT @ Vc).to(V.dtype)
-        out = torch.zeros((self.shape[1], V.shape[1]), dtype=V.dtype, device=V.device)
+            return (self.K.mT @ Vc)[:, :t].to(V.dtype)
+        out = torch.zeros((self.shape[1], t), dtype=V.dtype, device=V.device)
         for i0, i1, blk in self._row_tiles():
-            out += (blk.mT @ Vc[i0:i1]).to(V.dtype)
+            out += (blk.mT @ Vc[i0:i1])[:, :t].to(V.dtype)
         return out
 
     def columns(self, idx: torch.Tensor) -> torch.Tensor:
@@ -330,6 +347,38 @@ def _check_backend(backend, kernel, cache: str, where: str) -> str:
     _keops.check_expressible(kernel.name, where)
     _keops.pykeops_torch()  # ImportError now, not at the first product of a solve
     return backend
+
+
+def _pad_columns(V: torch.Tensor, multiple: int = 16) -> torch.Tensor:
+    """V with zero columns appended up to a multiple of ``multiple`` (one column stays one).
+
+    The tile products K_tile @ V are skinny GEMMs; MKL runs them far below speed for column
+    counts off a multiple of the vector width (measured on AVX-512, a 5592 x 3000 float32 tile:
+    15 columns 40 ms, 16 columns 24 ms, 8 columns 32 ms); a single column is a GEMV, which
+    is fast.
+    """
+    t = V.shape[1]
+    if t == 1 or t % multiple == 0:
+        return V
+    out = V.new_zeros((V.shape[0], -(-t // multiple) * multiple))
+    out[:, :t] = V
+    return out
+
+
+def _tile_plan(
+    n: int, m: int, itemsize: int, memory_budget: int, reserved_bytes: int
+) -> tuple[int, int]:
+    """Rows per tile and the bytes left for the tile cache, for an (n, m) kernel operator."""
+    row_bytes = m * itemsize
+    free = memory_budget - reserved_bytes
+    block_rows = int(
+        max(MIN_TILE_ROWS, min(n, _TILE_ENTRIES // m, free // 2 // (row_bytes * _TILE_TEMPS)))
+    )
+    block_rows = min(block_rows, n)
+    # Whatever the tiles in flight and the runtime share leave is the cache allowance.
+    runtime = int(_RUNTIME_SHARE * memory_budget)
+    cache_bytes = max(0, free - block_rows * row_bytes * _TILE_TEMPS - runtime)
+    return block_rows, cache_bytes
 
 
 def as_operator(A, where: str = "solver"):

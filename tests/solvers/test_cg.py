@@ -94,6 +94,38 @@ def test_kernel_operator_products_match_dense():
     torch.testing.assert_close(DenseOperator(Ksq).matvec(W), Ksq @ W)
 
 
+def test_kernel_operator_rmatvec_fills_cache_within_budget():
+    k, X, _ = problem(n=101)
+    Z = X[::7]
+    budget = 20_000
+    op = KernelOperator(k, X, Z, memory_budget=budget)
+    assert op.cached_bytes == 0
+    op.rmatvec(randn(101, 2, seed=5))  # the first pass over the data caches what fits
+    assert 0 < op.cached_bytes <= op.cache_bytes
+    # the cache leaves the runtime share (10%) and the tiles in flight out of the budget
+    tile = op.block_rows * op.shape[1] * op.itemsize * 4
+    assert op.cache_bytes + tile + 0.10 * budget <= budget + 1
+
+
+def test_dense_fits_agrees_with_the_operator():
+    # Whatever dense_fits says, building the operator with cache="dense" does accordingly:
+    # KernelRidge asks it first, so its CG never fails on the budget.
+    k, X, _ = problem(n=160)
+    for n in range(40, 161, 3):
+        for reserved in (0, 20_000):
+            budget = 100_000
+            fits = KernelOperator.dense_fits(n, n, 8, budget, reserved)
+            if fits:
+                KernelOperator(k, X[:n], memory_budget=budget, cache="dense",
+                               reserved_bytes=reserved)
+            else:
+                with pytest.raises(ValueError, match="memory_budget"):
+                    KernelOperator(k, X[:n], memory_budget=budget, cache="dense",
+                                   reserved_bytes=reserved)
+    assert KernelOperator.dense_fits(40, 40, 8, 100_000)
+    assert not KernelOperator.dense_fits(160, 160, 8, 100_000)
+
+
 def test_preconditioner_cuts_iterations():
     k, X, Y = problem(n=400, d=3, gamma=0.5)
     op = KernelOperator(k, X, cache="dense")
@@ -223,3 +255,35 @@ def test_float32_gram_at_its_rounding_floor_returns_best_iterate():
     C64 = exact(K64, Y, 0.01)
     rel = (K64 @ C - K64 @ C64).norm() / (K64 @ C64).norm()
     assert rel < 1e-3
+
+
+def _stall_run(**kwargs):
+    # float32 products of an ill-conditioned RBF system: CG reaches the rounding floor long
+    # before tol and max_iter.
+    k, X, Y = problem(n=300, d=3, gamma=0.5)
+    op = KernelOperator(k, X, dtype=torch.float32, cache="dense")
+    with pytest.warns(ConvergenceWarning) as rec:
+        _, info = cg(op, Y, 1e-2, tol=1e-12, max_iter=600, verbose=False, **kwargs)
+    return info, str(rec[0].message)
+
+
+def test_stall_rule_stops_at_the_rounding_floor_only_where_allowed():
+    info, msg = _stall_run()
+    assert "stagnated" in msg and info.iterations < 600
+    # never allowed to stall (floor below anything reachable): runs on, until max_iter or the
+    # divergence guard (the float32 products drift upwards past the floor)
+    info_never, msg_never = _stall_run(stall_below=1e-30)
+    assert "stagnated" not in msg_never and info_never.iterations > info.iterations
+    # a 2x gain asked of every check stops no later than "any new best"
+    info_gain, msg_gain = _stall_run(stall_gain=0.5, stall_below=1.0)
+    assert "stagnated" in msg_gain and info_gain.iterations <= info.iterations
+    # the best iterate is returned: nothing better was ever measured
+    for i in (info, info_never, info_gain):
+        assert i.final_residual == min(r for _, r in i.true_residuals)
+    with pytest.raises(ValueError, match="stall_gain"):
+        cg(op_dense(), randn(5, 1), 0.1, stall_gain=1.5, verbose=False)
+
+
+def op_dense():
+    A = randn(5, 5, seed=9)
+    return A @ A.T + torch.eye(5, dtype=F64)

@@ -83,6 +83,18 @@ def test_unconverged_warns():
     assert not res.info.converged and len(res.info.residuals) == 3
 
 
+def test_stagnation_stops_early_with_the_best_iterate():
+    # float32 tiles with a tiny ridge: the preconditioned system reaches the tiles' rounding
+    # floor; three checks without a 2x gain stop it long before max_iter, loudly.
+    X, Y = problem()
+    with pytest.warns(ConvergenceWarning, match="stagnated"):
+        res = nystrom_pcg(RBF(gamma=0.3), X, Y, 1e-9, n_centers=100, tol=1e-12, max_iter=200,
+                          dtype=torch.float32, verbose=False)  # fmt: skip
+    info = res.info
+    assert not info.converged and info.iterations < 100 and info.solver == "nystrom"
+    assert info.final_residual == min(r for _, r in info.true_residuals)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
