@@ -160,6 +160,8 @@ class NTKRegressor(BaseRegressor):
         ).fit(X, Y)
         self.hparams_ = {**self.krr_.hparams_}
         self.solver_info_ = self.krr_.solver_info_
+        # The kernel kept the centres' factors for the solve; a fitted model does not need them.
+        self.kernel_.clear_cache()
         return self
 
     def predict(self, X):
@@ -167,6 +169,7 @@ class NTKRegressor(BaseRegressor):
         self._check_is_fitted("predict")
         X_t = self._check_predict_input(X, dtype=self.net_.A.dtype, device=self.net_.A.device)
         pred = self.krr_.predict(X_t)
+        self.kernel_.clear_cache()
         if pred.dim() == 1:
             pred = pred[:, None]
         return self._format_output(pred, X)

@@ -68,7 +68,9 @@ def ntk_factors(
     with torch.enable_grad():
         # Differentiate through the input, not the parameters: every pre-activation depends on
         # x, so the graph exists even when the parameters are frozen (requires_grad=False).
-        out, taps = net.forward_taps(x.detach().requires_grad_(True))
+        # (An inference-mode tensor cannot require grad: a normal copy of it can.)
+        xg = x.clone() if x.is_inference() else x.detach()
+        out, taps = net.forward_taps(xg.requires_grad_(True))
         out = out[member]
         selected = [t for t in taps if t.layer.weight in names]
         preacts = [t.preact for t in selected]
@@ -169,7 +171,8 @@ def module_factors(
     handles = [mod.register_forward_hook(hook(name)) for name, (mod, _, _) in linears.items()]
     try:
         with torch.enable_grad():
-            out = model(x.detach().requires_grad_(True))
+            xg = x.clone() if x.is_inference() else x.detach()
+            out = model(xg.requires_grad_(True))
     finally:
         for h in handles:
             h.remove()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import weakref
 
 import torch
@@ -32,9 +33,10 @@ class EmpiricalNTK:
     Blocks are evaluated in the dtype of the inputs (float32 inputs give float32 factor
     GEMMs, as the solvers' ``compute_dtype`` asks), the factors themselves in the network's
     dtype. The factors of the latest right-hand set ``x2`` are kept while that tensor lives and
-    is unchanged (same object, same version counter, same network parameters): the solvers
-    evaluate many row blocks against the same centres, whose factors would otherwise be
-    recomputed (k backward passes) for every block.
+    is unchanged (same object, same version counter and storage, same network parameters and
+    buffers, same trainable set and scaling): the solvers evaluate many row blocks against the
+    same centres, whose factors would otherwise be recomputed (k backward passes) for every
+    block. :meth:`clear_cache` drops them (``NTKRegressor`` does after fitting).
     """
 
     name = "empirical_ntk"
@@ -51,7 +53,7 @@ class EmpiricalNTK:
         self.trainable = trainable
         self.scaling = scaling
         self.block_size = block_size
-        self._memo = None  # (weakref to x2, its version, parameter versions, factors)
+        self._memo = None  # (weakref to x2, key, factors): see _right_factors
 
     def factors(self, x: torch.Tensor):
         """Per-layer factors ``(A_l, B_l)`` of ``x`` (see :func:`ntk_factors`), in x's dtype."""
@@ -62,14 +64,44 @@ class EmpiricalNTK:
         )
         return [(a.to(out_dtype), b.to(out_dtype)) for a, b in f]
 
+    def _memo_key(self, x2: torch.Tensor):
+        # Everything the factors depend on: the tensor's identity and contents version, and
+        # each parameter and buffer of the network by identity, storage, version, dtype and
+        # device (``net.to(...)`` makes new tensors; ``.data`` swaps change the storage).
+        state = tuple(
+            (id(t), t.data_ptr(), t._version, t.dtype, t.device)
+            for t in itertools.chain(self.net.parameters(), self.net.buffers())
+        )
+        return (x2._version, x2.data_ptr(), x2.dtype, self.trainable, self.scaling, state)
+
     def _right_factors(self, x2: torch.Tensor):
-        params = tuple(p._version for p in self.net.parameters())
+        if x2.is_inference():  # no version counter to tell whether it changed: no memo
+            return self.factors(x2)
+        key = self._memo_key(x2)
         memo = self._memo
-        if memo is not None and memo[0]() is x2 and memo[1] == x2._version and memo[2] == params:
-            return memo[3]
+        if memo is not None and memo[0]() is x2 and memo[1] == key:
+            return memo[2]
         f2 = self.factors(x2)
-        self._memo = (weakref.ref(x2), x2._version, params, f2)
+        # Dropped as soon as x2 is freed, so the memo never outlives the points it describes
+        # (only if it is still this memo: a later x2 may have replaced it).
+        owner = weakref.ref(self)
+
+        def drop(ref):
+            kern = owner()
+            if kern is not None and kern._memo is not None and kern._memo[0] is ref:
+                kern._memo = None
+
+        self._memo = (weakref.ref(x2, drop), key, f2)
         return f2
+
+    def clear_cache(self) -> None:
+        """Forget the kept factors of the latest right-hand set (frees their memory)."""
+        self._memo = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_memo"] = None  # weak references do not pickle; the factors are a cache
+        return state
 
     def __call__(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         f2 = self._right_factors(x2)
@@ -87,12 +119,22 @@ class EmpiricalNTK:
         a2, b2 = [a for a, _ in f2], [b.flatten(1) for _, b in f2]
         vv = v[:, None] if v.dim() == 1 else v
         vv = vv.to(a2[0].dtype)
+        if x1 is x2 and len(x1) <= self.block_size:
+            # One block of the square matrix: the very same factors on both sides, so the op
+            # computes half the tiles (symmetry).
+            out = ntk_mv(a2, b2, a2, b2, vv).to(v.dtype)
+            return out[:, 0] if v.dim() == 1 else out
         parts = []
         # Factors of x1 are formed block by block: for wide networks with many outputs they are
-        # far larger per row than x1 itself.
+        # far larger per row than x1 itself (rows of x2's factors when x1 is x2).
         for s in range(0, len(x1), self.block_size):
-            f1 = self.factors(x1[s : s + self.block_size])
-            parts.append(ntk_mv([a for a, _ in f1], [b.flatten(1) for _, b in f1], a2, b2, vv))
+            e = s + self.block_size
+            if x1 is x2:
+                a1, b1 = [a[s:e] for a in a2], [b[s:e] for b in b2]
+            else:
+                f1 = self.factors(x1[s:e])
+                a1, b1 = [a for a, _ in f1], [b.flatten(1) for _, b in f1]
+            parts.append(ntk_mv(a1, b1, a2, b2, vv))
         out = torch.cat(parts).to(v.dtype)
         return out[:, 0] if v.dim() == 1 else out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import pytest
 import torch
@@ -281,9 +282,13 @@ def test_kernel_object_mv_diag_call(arch, block, trainable, scaling):
     Kxx = empirical_ntk(net, x1, trainable=trainable, scaling=scaling)
     close(kern.diag(x1), torch.diagonal(Kxx))
     close(kern(x1, x1), Kxx)
-    # Block size larger than N, and exactly one row per block.
-    for bs in (1, 100):
-        close(EmpiricalNTK(net, trainable, scaling, block_size=bs).mv(x1, x2, v2), K @ v2)
+    # Block size larger than N, and exactly one row per block; square products (x1 is x2) in
+    # one block (the symmetric op path) and in several.
+    v1sq = randn(7, 3, seed=30)
+    for bs in (1, 3, 100):
+        kb = EmpiricalNTK(net, trainable, scaling, block_size=bs)
+        close(kb.mv(x1, x2, v2), K @ v2)
+        close(kb.mv(x1, x1, v1sq), Kxx @ v1sq)
     assert kern.params() == {
         "arch": arch,
         "width": 5,
@@ -314,6 +319,31 @@ def test_kernel_object_reuses_right_factors_only_while_valid():
     calls.clear()
     close(kern(x1, x3), empirical_ntk(net, x1, x3, trainable="hidden"))
     assert calls == [3, 5]
+    net.W.data = net.W.data.clone()  # new storage, version unchanged: recomputed
+    calls.clear()
+    kern(x1, x3)
+    assert calls == [3, 5]
+    kern.scaling = "ntk"  # another kernel of the same network: recomputed
+    calls.clear()
+    close(kern(x1, x3), empirical_ntk(net, x1, x3, trainable="hidden", scaling="ntk"))
+    assert calls == [3, 5]
+    # The memo goes with its tensor, pickles empty, and clear_cache drops it.
+    assert kern._memo is not None
+    del x3
+    assert kern._memo is None
+    kern(x1, x2)
+    spy = kern.__dict__.pop("factors")  # the counting wrapper does not pickle
+    state = pickle.loads(pickle.dumps(kern))
+    assert state._memo is None and kern._memo is not None
+    kern.factors = spy
+    kern.clear_cache()
+    assert kern._memo is None
+    with torch.inference_mode():
+        xi = randn(3, 4, seed=37)
+    calls.clear()
+    kern(x1, xi)
+    kern(x1, xi)
+    assert calls == [3, 5, 3, 5]  # inference tensors have no version counter: never kept
 
 
 def test_kernel_object_evaluates_in_input_dtype():
