@@ -33,7 +33,7 @@ TORCH_BLOCK = 200
 
 
 def _torch_blocked(x1, x2, v, gamma):
-    out = torch.empty(x1.shape[0], v.shape[1])
+    out = x1.new_empty((x1.shape[0], v.shape[1]))
     n2 = (x2 * x2).sum(1)[None, :]
     for i0 in range(0, x1.shape[0], TORCH_BLOCK):
         xb = x1[i0 : i0 + TORCH_BLOCK]

@@ -35,7 +35,13 @@ def measure(fn: Callable[[], Any]) -> tuple[Any, float, float]:
         Wall time of the call.
     peak_mib : float
         Peak resident memory during the call above the resident memory at its start, in MiB
-        (NaN where the peak cannot be reset and read, i.e. outside Linux).
+        (NaN where the peak cannot be reset and read, i.e. outside Linux). Host memory only:
+        GPU memory is not counted.
+
+    Notes
+    -----
+    Not re-entrant: a ``measure`` inside ``fn`` resets the process's peak, so the outer figure
+    then covers only what follows the inner call's start.
     """
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -48,5 +54,7 @@ def measure(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     seconds = time.perf_counter() - t0
     peak = math.nan
     if not math.isnan(before):
-        peak = _status_mib("VmHWM:") - before
+        # The kernel updates the RSS counters in batches: a call that allocates nothing can read
+        # a hair below its start.
+        peak = max(0.0, _status_mib("VmHWM:") - before)
     return out, seconds, peak

@@ -144,6 +144,8 @@ class Kernel:
 
         where = f"{type(self).__name__}.mv"
         _keops.check_backend(backend, where)
+        if backend == "keops":
+            _keops.check_expressible(self.name, where)  # before any input is read
         x1, x2 = self._check_inputs(x1, x2, where=where)
         v = _check_tensor(v, name="v", where=where, ndim=(1, 2))
         if v.shape[0] != x2.shape[0]:

@@ -27,9 +27,10 @@ def test_run_trial_errors_and_runner_params(base_toml):
     res = run_trial(net.config, "cpu")
     # the runner passes random_state = seed and the device; hparams_ become plain JSON, with
     # the fit's measured time and peak memory beside them
-    cost = {k: res["hparams"].pop(k) for k in ("fit_time_s", "fit_peak_rss_mib")}
+    fit_s = res["hparams"].pop("fit_time_s")
+    peak = res["hparams"].pop("fit_peak_rss_mib", None)  # absent where the peak is unreadable
     assert res["hparams"] == {"width": net.width, "random_state": 1, "device": "cpu", "lr": 0.2}
-    assert 0 <= cost["fit_time_s"] < res["wall_time_s"] and cost["fit_peak_rss_mib"] >= 0
+    assert 0 <= fit_s < res["wall_time_s"] and (peak is None or peak >= 0)
     assert res["k"] == 4 and res["threshold"] == pytest.approx(4 * 0.5**2)
     assert res["wall_time_s"] > 0 and {"fastkernels", "torch", "python", "platform"} <= set(
         res["versions"]
@@ -37,7 +38,7 @@ def test_run_trial_errors_and_runner_params(base_toml):
 
     kern = next(t for t in expand(spec) if t.label == "kern" and t.seed == 1)
     res = run_trial(kern.config, "cpu")
-    assert set(res["hparams"]) == {"fit_time_s", "fit_peak_rss_mib"}
+    assert set(res["hparams"]) - {"fit_peak_rss_mib"} == {"fit_time_s"}
     # FakeKernel predicts 0: the error is E ||H(x)||^2 summed over the k outputs (no 1/2)
     concept = make_concept("parity", d=8, k=4, alpha=0.5, seed=1)
     _, Yt = concept.test_set(50)
