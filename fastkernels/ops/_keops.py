@@ -63,14 +63,18 @@ only reads when asked to).
 
 KeOps reads ``CXXFLAGS`` once, when pykeops is imported. If ``CXXFLAGS`` is set, it is used as
 is. If not, and pykeops is not imported yet, fastkernels imports it with
-``CXXFLAGS=-march=native`` (:data:`DEFAULT_CXXFLAGS`; the variable is restored right after the
-import, so nothing else in the process sees it): the host's vector units, safe because the
-build folder is per host. ``-ffast-math``, which the benchmarks use as KeOps' fastest CPU
-configuration, is *not* a default: with GCC < 13 it links ``crtfastmath.o`` into every
-compiled formula, and loading one switches on flush-to-zero / denormals-are-zero for the whole
-process (after the first formula, ``torch.tensor([1e-310], dtype=torch.float64) * 1`` gives 0),
-silently changing unrelated float code. Set ``CXXFLAGS="-march=native -ffast-math"`` yourself
-to opt in. Formulas compiled with other flags are cached separately (the flags are part of
+:data:`DEFAULT_CXXFLAGS` (the variable is restored right after the import, so nothing else in the
+process sees it): ``-march=native`` (the host's vector units, safe because the build folder is
+per host) and the value-changing parts of ``-ffast-math`` that let GCC vectorise ``exp``
+(no errno, finite math, reassociation, reciprocals, no signed zeros). Measured here, RBF K v at
+20000 x 20000, D = 100: 12.6 s per product with ``-march=native`` alone, 2.5 s with these flags,
+2.0 s with ``-ffast-math``. ``-ffast-math`` itself (and ``-funsafe-math-optimizations``, which
+implies the same) is *not* used: with GCC < 13 it links ``crtfastmath.o`` into every compiled
+formula, and loading one switches on flush-to-zero / denormals-are-zero for the whole process
+(after the first formula, ``torch.tensor([1e-310], dtype=torch.float64) * 1`` gives 0),
+silently changing unrelated float code; the individual flags do not link it (checked). Set
+``CXXFLAGS="-march=native -ffast-math"`` yourself to opt in to the last 20%. Formulas compiled
+with other flags are cached separately (the flags are part of
 KeOps' hash).
 """
 
@@ -106,7 +110,10 @@ __all__ = [
 OP = "fastkernels::kernel_mv (backend='keops')"
 BACKENDS = ("auto", "fastkernels", "keops")
 KEOPS_KERNELS = ("rbf", "laplace", "matern", "polynomial", "linear", "arccos")
-DEFAULT_CXXFLAGS = "-march=native"
+DEFAULT_CXXFLAGS = (
+    "-march=native -fno-math-errno -fno-trapping-math -ffinite-math-only -fno-signed-zeros "
+    "-fassociative-math -freciprocal-math"
+)
 CACHE_ENV = "FASTKERNELS_KEOPS_CACHE"
 
 _SQRT3 = math.sqrt(3.0)
