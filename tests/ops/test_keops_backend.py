@@ -19,21 +19,12 @@ from fastkernels.kernels import NNGP, NTK, RBF, Matern
 from fastkernels.ops import _keops
 from fastkernels.solvers import KernelOperator
 
-from .conftest import randn
+from .conftest import CASE_IDS, CASES, randn
 
 D, T = 5, 3
-KEOPS_CASES = [
-    ("rbf", [0.3]),
-    ("laplace", [0.4]),
-    ("matern", [0.5, 0.5]),
-    ("matern", [1.5, 0.5]),
-    ("matern", [2.5, 0.5]),
-    ("polynomial", [3.0, 0.2, 1.0]),
-    ("linear", []),
-    ("arccos", [0.0]),
-    ("arccos", [1.0]),
-]
-KEOPS_IDS = [f"{k}{'-' + '-'.join(f'{p:g}' for p in ps) if ps else ''}" for k, ps in KEOPS_CASES]
+# The op tests' cases for the kernels KeOps expresses (the same parameters, the same ids).
+KEOPS_CASES = [case for case in CASES if case[0] in _keops.KEOPS_KERNELS]
+KEOPS_IDS = [cid for case, cid in zip(CASES, CASE_IDS) if case[0] in _keops.KEOPS_KERNELS]
 # KeOps' CPU reduction has no tiles; its CUDA blocks are 192 rows: 1 x 1, odd sizes, and several
 # blocks in both directions.
 SIZES = [(1, 1), (37, 53), (1001, 777)]

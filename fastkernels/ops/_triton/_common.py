@@ -330,6 +330,20 @@ def _epilogue(
 
 
 @triton.jit
+def _grouped_tile(pid, N, M, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Tile (pid_m, pid_n) of program ``pid``, in groups of GROUP_M tile rows (Triton's matmul
+    tutorial): consecutive programs share column tiles of x2 while they are in L2."""
+    num_pid_m = tl.cdiv(N, BLOCK_M)
+    num_pid_n = tl.cdiv(M, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    first_pid_m = (pid // num_pid_in_group) * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
+
+
+@triton.jit
 def _tile_terms(
     x1_ptr,
     x2_ptr,

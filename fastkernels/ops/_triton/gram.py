@@ -20,6 +20,7 @@ from torch import Tensor
 from .._common import check_finite, check_tensors, resolve_offset
 from ._common import (
     _epilogue,
+    _grouped_tile,
     _tile_terms,
     default_block_k,
     dot_block,
@@ -66,14 +67,7 @@ def _gram_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(N, BLOCK_M)
-    num_pid_n = tl.cdiv(M, BLOCK_N)
-    num_pid_in_group = GROUP_M * num_pid_n
-    first_pid_m = (pid // num_pid_in_group) * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), N, M, BLOCK_M, BLOCK_N, GROUP_M)
 
     # int64 offsets: N * D (or N x the factors' total width) may exceed 2^31 elements.
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
