@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._ntk_common import check_factors, check_finite, same_factors
 from ._common import small_tensor
 
 __all__ = ["pack_factors"]
@@ -29,6 +30,22 @@ def _offsets(factors: list[Tensor]) -> Tensor:
 def pack_factors(a: list[Tensor], b: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Concatenate one point set's factors: (A (rows, sum p), B (rows, sum q), a_off, b_off)."""
     return torch.cat(a, dim=1), torch.cat(b, dim=1), _offsets(a), _offsets(b)
+
+
+def prepare_factors(op: str, a1, b1, a2, b2, v: Tensor | None = None):
+    """The launchers' shared preamble: the reference's checks, then both sides packed.
+
+    Returns ``(pa1, pb1, pa2, pb2, a_off, b_off, width)``; ``width`` is the widest layer (it
+    sizes BLOCK_K). The same points on both sides (a trace NTK of x with itself) are packed once.
+    """
+    check_factors(op, a1, b1, a2, b2, v)
+    finite = {"a1": a1, "b1": b1, "a2": a2, "b2": b2}
+    check_finite(op, **finite, **({} if v is None else {"v": v}))
+    pa1, pb1, a_off, b_off = pack_factors(a1, b1)
+    same = same_factors(a1, b1, a2, b2)
+    pa2, pb2 = (pa1, pb1) if same else pack_factors(a2, b2)[:2]
+    width = max(t.shape[1] for t in a1 + b1)
+    return pa1, pb1, pa2, pb2, a_off, b_off, width
 
 
 @triton.jit

@@ -14,7 +14,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._ntk_common import check_factors, check_finite, same_factors
 from ._common import (
     _grouped_tile,
     default_block_k,
@@ -22,7 +21,7 @@ from ._common import (
     input_precision,
     launch_device,
 )
-from ._ntk import _ntk_tile, pack_factors
+from ._ntk import _ntk_tile, prepare_factors
 
 __all__ = ["ntk_gram_triton", "_ntk_gram_kernel"]
 
@@ -115,14 +114,8 @@ def ntk_gram_triton(
     -------
     Tensor, shape (N, M), the factors' dtype and device
     """
-    check_factors(OP, a1, b1, a2, b2)
-    check_finite(OP, a1=a1, b1=b1, a2=a2, b2=b2)
-    pa1, pb1, a_off, b_off = pack_factors(a1, b1)
-    # The same points on both sides (a trace NTK of x with itself): pack once, not twice.
-    same = same_factors(a1, b1, a2, b2)
-    pa2, pb2 = (pa1, pb1) if same else pack_factors(a2, b2)[:2]
+    pa1, pb1, pa2, pb2, a_off, b_off, width = prepare_factors(OP, a1, b1, a2, b2)
     n, m = pa1.shape[0], pa2.shape[0]
-    width = max(t.shape[1] for t in a1 + b1)
     out = pa1.new_empty((n, m))
     grid = (triton.cdiv(n, block_m) * triton.cdiv(m, block_n),)
     with launch_device(pa1):

@@ -14,9 +14,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._ntk_common import check_factors, check_finite, same_factors
 from ._common import default_block_k, dot_block, input_precision, launch_device
-from ._ntk import _ntk_tile, pack_factors
+from ._ntk import _ntk_tile, prepare_factors
 
 __all__ = ["ntk_mv_triton", "_ntk_mv_kernel"]
 
@@ -124,14 +123,8 @@ def ntk_mv_triton(
     -------
     Tensor, shape (N, T), dtype and device of the inputs
     """
-    check_factors(OP, a1, b1, a2, b2, v)
-    check_finite(OP, a1=a1, b1=b1, a2=a2, b2=b2, v=v)
-    pa1, pb1, a_off, b_off = pack_factors(a1, b1)
-    # The same points on both sides (a trace NTK of x with itself): pack once, not twice.
-    same = same_factors(a1, b1, a2, b2)
-    pa2, pb2 = (pa1, pb1) if same else pack_factors(a2, b2)[:2]
+    pa1, pb1, pa2, pb2, a_off, b_off, width = prepare_factors(OP, a1, b1, a2, b2, v)
     n, (m, t) = pa1.shape[0], v.shape
-    width = max(x.shape[1] for x in a1 + b1)
     out = v.new_empty((n, t))
     bt = dot_block(t, block_t)
     grid = (triton.cdiv(n, block_m), triton.cdiv(t, bt))
