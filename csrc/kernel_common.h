@@ -20,8 +20,12 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 namespace fastkernels {
 
@@ -160,6 +164,32 @@ inline void check_finite(const char* op, const at::Tensor& a, const char* name) 
                     " must be finite, but contains NaN or inf");
 }
 
+// The finiteness check of an input point set (x1 / x2), plus a range check, from one aminmax
+// pass: finite inputs can still give NaN kernels when their squared norms overflow (e.g. float32
+// entries near 1e19), through inf - inf in ||x||^2 + ||y||^2 - 2<x, y>. The bound leaves a margin
+// of 16 over max|x|^2 * D: the common shift of the translation-invariant kernels (center_pair)
+// at most doubles |x|, and the distance sums four terms of that size. Mirrors
+// fastkernels/ops/_common.py:check_points.
+inline void check_points(const char* op, const at::Tensor& a, const char* name) {
+  const auto mm = at::aminmax(a);
+  const double lo = std::get<0>(mm).item<double>(), hi = std::get<1>(mm).item<double>();
+  // aminmax propagates NaN, so one pair of finite extremes means every entry is finite.
+  TORCH_CHECK_VALUE(std::isfinite(lo) && std::isfinite(hi), op, ": ", name,
+                    " must be finite, but contains NaN or inf");
+  const double amax = std::max(std::abs(lo), std::abs(hi));
+  const double big = a.scalar_type() == at::kFloat
+                         ? static_cast<double>(std::numeric_limits<float>::max())
+                         : std::numeric_limits<double>::max();
+  // sqrt form: amax^2 itself may overflow a double for float64 inputs.
+  const double limit = std::sqrt(big / (16.0 * static_cast<double>(a.size(1))));
+  TORCH_CHECK_VALUE(amax <= limit, op, ": ", name, " has entries up to ", amax,
+                    " in absolute value, too large for ",
+                    a.scalar_type() == at::kFloat ? "float32" : "float64",
+                    ": its squared norms over D = ", a.size(1),
+                    " columns would overflow (largest usable |entry| ", limit,
+                    "); rescale the inputs or use float64");
+}
+
 inline void check_pair(const char* op, const at::Tensor& x1, const at::Tensor& x2) {
   check_matrix(op, x1, "x1", "(N, D)");
   check_matrix(op, x2, "x2", "(M, D)");
@@ -167,6 +197,31 @@ inline void check_pair(const char* op, const at::Tensor& x1, const at::Tensor& x
   TORCH_CHECK_VALUE(x1.size(1) == x2.size(1), op,
                     ": x1 and x2 must have the same number of columns D, got x1 ", x1.sizes(),
                     " and x2 ", x2.sizes());
+}
+
+// Kernels whose value depends only on x1_i - x2_j (they see x only through the distance).
+inline bool translation_invariant(const Spec& sp) {
+  return sp.kind == Kind::rbf || sp.kind == Kind::laplace || sp.kind == Kind::matern15 ||
+         sp.kind == Kind::matern25;
+}
+
+// The inputs of a translation-invariant kernel, both shifted by one common c = the mean of the
+// rows of x2 (accumulated in double, rounded to the inputs' dtype). ||x||^2 + ||y||^2 - 2<x, y>
+// cancels catastrophically on data far from the origin (float32 points at 1000 with spread 0.1
+// lose every digit of the distance); after the shift the norms are of the data's spread. The
+// float subtraction is exact for coordinates within a factor 2 of c's (Sterbenz), so the shifted
+// points are the same points, moved. Takes the detached contiguous inputs; returns contiguous
+// tensors, with the second the same object as the first when same_input (self-pairs and the
+// shared norms rely on that identity). Other kernels get their inputs back unchanged: they are
+// not invariant.
+inline std::pair<at::Tensor, at::Tensor> center_pair(const Spec& sp, const at::Tensor& x1,
+                                                     const at::Tensor& x2, bool same_input) {
+  if (!translation_invariant(sp)) return {x1, x2};
+  const at::Tensor c =
+      at::mean(x2, {0}, /*keepdim=*/true, at::kDouble).to(x2.scalar_type());
+  at::Tensor y1 = (x1 - c).contiguous();
+  at::Tensor y2 = same_input ? y1 : (x2 - c).contiguous();
+  return {y1, y2};
 }
 
 // Squared row norms, accumulated in double: they enter n1 + n2 - 2 s, where their rounding
@@ -212,6 +267,158 @@ inline void epilogue<double>(const Spec& sp, double* tile, const Tile& t, const 
                              const double* n2) {
   epilogue_double(sp, tile, t, n1, n2);
 }
+
+// Near-duplicate pairs of the Laplace kernel (Matern nu = 1/2), exp(-gamma sqrt(d^2)).
+//
+// d^2 = n1 + n2 - 2 s carries an absolute rounding error of a few eps (n1 + n2), even on
+// centred inputs. Kernels smooth in d^2 pass it on at that size, but sqrt has an infinite slope
+// at 0: for two copies of one point (in x1 and in x2, not a self-pair) it becomes an error of
+// gamma sqrt(eps (n1 + n2)) in the kernel, 1.7e-4 in float32 for points of spread 0.1 in 5
+// dimensions. Matern 1.5 / 2.5 are smooth in d^2 at 0 (zero slope in d) and need nothing.
+//
+// So for the Laplace kernel, a tile row holding an entry whose computed d^2 is below
+// tau = kNearFactor eps (n1 + n2) is evaluated from exact squared distances
+// sum_k (x1_ik - x2_jk)^2 of the centred points (the difference of two nearby floats is exact).
+// The whole row, in one vectorised pass, rather than its flagged entries one by one: in
+// low-dimensional data most rows hold a few such entries. Measured, |error of d^2| <=
+// c' eps (n1 + n2) with c' <= ~5 (D from 1 to 1000, BLAS GEMM); an entry left alone has a
+// computed d^2 >= tau, so its kernel error is at most gamma c' eps (n1 + n2) / sqrt(tau) =
+// c' sqrt(eps / kNearFactor) gamma sqrt(n1 + n2), i.e. 1.3e-6 c' gamma sqrt(n1 + n2) in float32
+// (measured below 3e-6 for gamma sqrt(n1 + n2) up to 40). In float32 tau is (n1 + n2) / 128:
+// near-duplicates only, no pair of ordinary data in more than a few dimensions, so the usual
+// cost is one vectorised compare per entry.
+constexpr double kNearFactor = 65536.0;
+
+inline bool exact_near_pairs(const Spec& sp) { return sp.kind == Kind::laplace; }
+
+// Whether a tile row (holding s) has an entry with d^2 = a + n2[j] - 2 s[j] < f (a + n2[j]), i.e.
+// s[j] > h[j] + ha with h[j] = (1 - f) n2[j] / 2 and ha = (1 - f) a / 2: the sign bit of
+// h[j] + ha - s[j], OR-ed over the row (an exact tie counts as a hit; either is fine). It reads
+// every entry of every Laplace tile, so it is branch-free, has few operations per entry, and is
+// compiled for AVX-512, AVX2 and the baseline (picked when the library loads). The result does
+// not depend on the ISA.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FK_NEAR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FK_NEAR_CLONES
+#endif
+template <typename T, typename U>
+inline bool near_row_impl(const T* s, const T* h, T ha, int64_t cols) {
+  static_assert(sizeof(T) == sizeof(U), "U: the unsigned integer of T's size");
+  U bits = 0;
+  for (int64_t j = 0; j < cols; ++j) {
+    const T x = (h[j] + ha) - s[j];
+    U u;
+    std::memcpy(&u, &x, sizeof(u));
+    bits |= u;
+  }
+  return (bits >> (8 * sizeof(U) - 1)) != 0;
+}
+FK_NEAR_CLONES static inline bool near_row(const float* s, const float* h, float ha,
+                                           int64_t cols) {
+  return near_row_impl<float, uint32_t>(s, h, ha, cols);
+}
+FK_NEAR_CLONES static inline bool near_row(const double* s, const double* h, double ha,
+                                           int64_t cols) {
+  return near_row_impl<double, uint64_t>(s, h, ha, cols);
+}
+
+// out[j] = -sum_k (xr[k] - x2t[k * cols + j])^2 / 2 (x2t: x2's rows transposed), vectorised over
+// the row like near_row: in low-dimensional data most rows of a Laplace tile come here.
+// One pass per k: (-e / 2) e is -e^2 / 2 (halving is exact), so no final pass scales the sum.
+template <typename T>
+inline void neg_half_sq_dist_row_impl(T* out, const T* xr, const T* x2t, int64_t cols, int64_t d) {
+  for (int64_t j = 0; j < cols; ++j) {
+    const T e = xr[0] - x2t[j];
+    out[j] = (T(-0.5) * e) * e;
+  }
+  for (int64_t k = 1; k < d; ++k) {
+    const T xk = xr[k];
+    const T* col = x2t + k * cols;
+    for (int64_t j = 0; j < cols; ++j) {
+      const T e = xk - col[j];
+      out[j] += (T(-0.5) * e) * e;
+    }
+  }
+}
+FK_NEAR_CLONES static inline void neg_half_sq_dist_row(float* out, const float* xr,
+                                                       const float* x2t, int64_t cols,
+                                                       int64_t d) {
+  neg_half_sq_dist_row_impl(out, xr, x2t, cols, d);
+}
+FK_NEAR_CLONES static inline void neg_half_sq_dist_row(double* out, const double* xr,
+                                                       const double* x2t, int64_t cols,
+                                                       int64_t d) {
+  neg_half_sq_dist_row_impl(out, xr, x2t, cols, d);
+}
+
+// The tile epilogue of the ops: epilogue<T>(), except that the Laplace kernel's rows that hold a
+// near-duplicate pair are evaluated from exact squared distances (above). One object per thread,
+// reused across tiles (scratch buffers).
+template <typename T>
+class TileEpilogue {
+ public:
+  // `tile` holds s on entry and k on exit, as for epilogue<T>(). x1: the centred rows of the
+  // tile's rows; x2: those of its columns (row-major, d columns each).
+  void operator()(const Spec& sp, T* tile, const Tile& t, const T* n1, const T* n2, const T* x1,
+                  const T* x2, int64_t d) {
+    if (!exact_near_pairs(sp)) return epilogue<T>(sp, tile, t, n1, n2);
+    const T q = static_cast<T>(0.5 * (1.0 - kNearFactor * std::numeric_limits<T>::epsilon()));
+    h_.resize(t.cols);
+    for (int64_t j = 0; j < t.cols; ++j) h_[j] = q * n2[j];
+    // Whether row r holds a near pair. Its self-pair (at d^2 ~ 0, but exact already: the
+    // epilogue sets k(0)) is left out, or every row of a self-Gram would be recomputed.
+    auto near = [&](int64_t r) {
+      const T* row = tile + r * t.ld;
+      const T ha = q * n1[r];
+      const int64_t sc = t.has_self ? t.self0 + r : -1;
+      if (sc < 0 || sc >= t.cols) return near_row(row, h_.data(), ha, t.cols);
+      return near_row(row, h_.data(), ha, sc) ||
+             near_row(row + sc + 1, h_.data() + sc + 1, ha, t.cols - sc - 1);
+    };
+    // Runs of rows with and without a near pair, each evaluated by one epilogue call: rows with
+    // one from s = -d^2 / 2 and zero norms (the epilogue's n1 + n2 - 2 s is then d^2 exactly).
+    int64_t r0 = 0;
+    while (r0 < t.rows) {
+      const bool exact = near(r0);
+      int64_t r1 = r0 + 1;
+      while (r1 < t.rows && near(r1) == exact) ++r1;
+      if (exact) {
+        prepare(x2, t.cols, std::max(t.rows, t.cols), d);
+        for (int64_t r = r0; r < r1; ++r) {
+          neg_half_sq_dist_row(tile + r * t.ld, x1 + r * d, x2t_.data(), t.cols, d);
+        }
+        epilogue<T>(sp, tile + r0 * t.ld, rows_of(t, r0, r1), zeros_.data(), zeros_.data());
+      } else {
+        epilogue<T>(sp, tile + r0 * t.ld, rows_of(t, r0, r1), n1 + r0, n2);
+      }
+      r0 = r1;
+    }
+  }
+
+ private:
+  static Tile rows_of(const Tile& t, int64_t begin, int64_t end) {
+    return {end - begin, t.cols, t.ld, t.has_self, t.self0 + begin};
+  }
+
+  // x2's `cols` rows transposed (d x cols), so that neg_half_sq_dist_row runs over contiguous
+  // columns, and `zeros` zero norms; kept while the tile's columns are the same rows of x2.
+  void prepare(const T* x2, int64_t cols, int64_t zeros, int64_t d) {
+    if (x2 != x2_ || cols != cols_) {
+      x2t_.resize(cols * d);
+      for (int64_t j = 0; j < cols; ++j) {
+        for (int64_t k = 0; k < d; ++k) x2t_[k * cols + j] = x2[j * d + k];
+      }
+      x2_ = x2;
+      cols_ = cols;
+    }
+    if (static_cast<int64_t>(zeros_.size()) < zeros) zeros_.assign(zeros, T(0));
+  }
+
+  const T* x2_ = nullptr;  // the rows x2t_ holds
+  int64_t cols_ = 0;
+  std::vector<T> h_, x2t_, zeros_;
+};
 
 // sum_j row[j] * v[j], vectorised (OpenMP simd may reassociate the sum), accumulated in double.
 double dot_float(const float* row, const float* v, int64_t n);

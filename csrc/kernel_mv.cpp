@@ -26,14 +26,18 @@ at::Tensor kernel_mv_cpu(const at::Tensor& x1_in, const at::Tensor& x2_in, const
                     " rows (one per row of x2), got shape ", v_in.sizes());
   const Spec sp = parse_spec(op, kernel, params, x1_in.size(1));
   const bool same_input = x1_in.is_same(x2_in);
-  check_finite(op, x1_in, "x1");
-  if (!same_input) check_finite(op, x2_in, "x2");
+  check_points(op, x1_in, "x1");
+  if (!same_input) check_points(op, x2_in, "x2");
   check_finite(op, v_in, "v");
   if (!diag_offset && same_input) diag_offset = 0;
   at::AutoDispatchBelowADInplaceOrView guard;
 
-  const at::Tensor x1 = x1_in.detach().contiguous();
-  const at::Tensor x2 = same_input ? x1 : x2_in.detach().contiguous();
+  // Translation-invariant kernels run on shifted copies (accurate distances far from 0).
+  const at::Tensor x1d = x1_in.detach().contiguous();
+  const auto centred =
+      center_pair(sp, x1d, same_input ? x1d : x2_in.detach().contiguous(), same_input);
+  const at::Tensor& x1 = centred.first;
+  const at::Tensor& x2 = centred.second;
   const at::Tensor v = v_in.detach().contiguous();
   const int64_t n = x1.size(0), m = x2.size(0), nt = v.size(1);
   at::Tensor out = at::zeros({n, nt}, x1.options());
@@ -45,9 +49,13 @@ at::Tensor kernel_mv_cpu(const at::Tensor& x1_in, const at::Tensor& x2_in, const
     const scalar_t* pn2 = n2.data_ptr<scalar_t>();
     const scalar_t* pv = v.data_ptr<scalar_t>();
     scalar_t* po = out.data_ptr<scalar_t>();
+    const scalar_t* px1 = x1.data_ptr<scalar_t>();
+    const scalar_t* px2 = x2.data_ptr<scalar_t>();
+    const int64_t d = x1.size(1);
     const int64_t ti = (n + kRows - 1) / kRows;
     at::parallel_for(0, ti, 1, [&](int64_t t0, int64_t t1) {
       at::Tensor buf = at::empty({kRows, kCols}, x1.options());
+      TileEpilogue<scalar_t> apply;
       scalar_t* pb = buf.data_ptr<scalar_t>();
       std::vector<double> acc(kRows);
       for (int64_t t = t0; t < t1; ++t) {
@@ -61,7 +69,7 @@ at::Tensor kernel_mv_cpu(const at::Tensor& x1_in, const at::Tensor& x2_in, const
           at::mm_out(c, a, x2.narrow(0, j0, bj).t());
           const Tile tile{bi, bj, kCols, diag_offset.has_value(),
                           diag_offset ? i0 + *diag_offset - j0 : 0};
-          epilogue<scalar_t>(sp, pb, tile, pn1 + i0, pn2 + j0);
+          apply(sp, pb, tile, pn1 + i0, pn2 + j0, px1 + i0 * d, px2 + j0 * d, d);
           if (nt == 1) {
             // One right-hand side: a dot per row, summed in double across column tiles.
             for (int64_t r = 0; r < bi; ++r) acc[r] += dot(pb + r * kCols, pv + j0, bj);

@@ -47,6 +47,8 @@ __all__ = [
     "unpack_params",
     "check_tensors",
     "check_finite",
+    "check_points",
+    "center_inputs",
     "resolve_offset",
     "gram_vjp_terms",
 ]
@@ -241,6 +243,67 @@ def check_finite(op: str, **tensors: Tensor) -> None:
             raise ValueError(f"{op}: {name} must be finite, but contains NaN or inf")
 
 
+# The range check leaves a margin of 16 over max|x|^2 * D: the common shift of the
+# translation-invariant kernels (center_inputs) at most doubles |x|, and a squared distance
+# ||x||^2 + ||y||^2 - 2 <x, y> sums four terms of that size (inf - inf would be a NaN entry).
+_RANGE_MARGIN = 16.0
+
+
+def check_points(op: str, **points: Tensor) -> None:
+    """Reject point sets (``x1``, ``x2``) that are not finite or whose squared norms overflow.
+
+    Finite inputs can still give NaN kernel values: float32 entries near 1e19 have squared norms
+    past the float32 maximum, and ``inf - inf`` in the squared distance is NaN. One aminmax pass
+    per tensor answers both questions (aminmax propagates NaN), with one host sync in all.
+
+    Parameters
+    ----------
+    op : str
+        Op name for the messages.
+    **points : Tensor, shape (rows, D), float32 or float64
+        The inputs by argument name; a tensor passed twice (``x1 is x2``) is read once.
+
+    Raises
+    ------
+    ValueError
+        NaN / inf (the message of :func:`check_finite`), or an entry larger in absolute value
+        than ``sqrt(finfo(dtype).max / (16 D))``; the message names the argument and says to
+        rescale the inputs or use float64.
+    """
+    named: list[tuple[str, Tensor]] = []
+    for name, a in points.items():
+        if not any(a is b for _, b in named):
+            named.append((name, a))
+    with torch.no_grad():
+        ends = torch.stack([e.double() for _, a in named for e in torch.aminmax(a)]).tolist()
+    for k, (name, a) in enumerate(named):
+        lo, hi = ends[2 * k], ends[2 * k + 1]
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{op}: {name} must be finite, but contains NaN or inf")
+        amax, d = max(abs(lo), abs(hi)), a.shape[1]
+        limit = math.sqrt(torch.finfo(a.dtype).max / (_RANGE_MARGIN * d))
+        if amax > limit:
+            dtype = str(a.dtype).removeprefix("torch.")
+            raise ValueError(
+                f"{op}: {name} has entries up to {amax:.3g} in absolute value, too large for "
+                f"{dtype}: its squared norms over D = {d} columns would overflow (largest usable "
+                f"|entry| {limit:.3g}); rescale the inputs or use float64"
+            )
+
+
+def center_inputs(kernel: str, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+    """``formulas.center(x1, x2)`` for the translation-invariant kernels, else the inputs as is.
+
+    Every implementation shifts these kernels' inputs (one common point, the mean of x2's rows)
+    before it forms ``||x||^2 + ||y||^2 - 2 <x, y>``, which cancels for data far from the origin;
+    the other kernels are functions of the inner products themselves and must not be shifted.
+    ``x1 is x2`` is preserved.
+    """
+    if kernel in F.TRANSLATION_INVARIANT:
+        return F.center(x1, x2)
+    return x1, x2
+
+
 def resolve_offset(x1: Tensor, x2: Tensor, diag_offset: int | None) -> int | None:
     """``diag_offset``, or 0 when it is None and ``x1`` is ``x2`` (a self-Gram)."""
     if diag_offset is None and x1 is x2:
@@ -288,6 +351,11 @@ def gram_vjp_terms(
     ``n2 = ||x2_j||^2``, so for ``w = dL/dK``::
 
         dL/dx1 = gs @ x2 + 2 gn1[:, None] * x1,    dL/dx2 = gs^T @ x1 + 2 gn2[:, None] * x2.
+
+    For the translation-invariant kernels pass the shifted inputs (:func:`center_inputs`), here
+    and in the two products above: both the distance and the sum ``gs @ x2 + 2 gn1 x1`` (which
+    is ``sum_j 2 gd_ij (x1_i - x2_j)``) cancel for data far from the origin. The gradient with
+    respect to the shifted points is the gradient with respect to the original ones.
 
     Parameters
     ----------

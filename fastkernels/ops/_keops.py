@@ -92,7 +92,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ._common import check_finite, check_tensors, unpack_params
+from ._common import check_finite, check_points, check_tensors, unpack_params
 
 __all__ = [
     "BACKENDS",
@@ -308,7 +308,9 @@ def kernel_mv(
     check_tensors(OP, x1, x2, v, diag_offset=diag_offset)
     kw = unpack_params(OP, kernel, params)
     check_expressible(kernel, OP)
-    check_finite(OP, x1=x1, x2=x2, v=v)
+    # No shift needed (SqDist has no cancellation); the range check keeps the op's contract.
+    check_points(OP, x1=x1, x2=x2)
+    check_finite(OP, v=v)
     if torch.is_grad_enabled() and any(a.requires_grad for a in (x1, x2, v)):
         raise ValueError(
             f"{OP}: this backend is forward-only and an input requires grad; use "

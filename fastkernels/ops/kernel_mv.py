@@ -16,7 +16,15 @@ import torch
 from torch import Tensor
 
 from ..kernels import formulas as F
-from ._common import check_finite, check_tensors, gram_vjp_terms, resolve_offset, unpack_params
+from ._common import (
+    center_inputs,
+    check_finite,
+    check_points,
+    check_tensors,
+    gram_vjp_terms,
+    resolve_offset,
+    unpack_params,
+)
 
 __all__ = ["kernel_mv", "kernel_mv_reference", "BLOCK_ENTRIES"]
 
@@ -46,9 +54,15 @@ def kernel_mv_reference(
     """
     check_tensors(OP, x1, x2, v, diag_offset=diag_offset)
     kw = unpack_params(OP, kernel, params)
-    check_finite(OP, x1=x1, x2=x2, v=v)
+    check_points(OP, x1=x1, x2=x2)
+    check_finite(OP, v=v)
     offset = resolve_offset(x1, x2, diag_offset)
     formula = F.FORMULAS[kernel]
+    if kernel in F.TRANSLATION_INVARIANT:
+        # Shift once here rather than in every row block (formulas.center): one common point
+        # for all blocks, and O((N + M) D) extra work instead of O(M D) per block.
+        x1, x2 = F.center(x1, x2)
+        kw = {**kw, "centre": False}
     n, m = x1.shape[0], x2.shape[0]
     b = _row_block(n, m)
     out = x1.new_empty((n, v.shape[1]))
@@ -90,7 +104,14 @@ def kernel_mv(
     Raises
     ------
     TypeError, ValueError
-        Bad input; the message names the op, the argument and what was expected.
+        Bad input; the message names the op, the argument and what was expected. Also
+        ValueError for finite entries of x1 / x2 so large that squared norms overflow the dtype
+        (``|x| > sqrt(finfo.max / (16 D))``: rescale the inputs or use float64).
+
+    Notes
+    -----
+    The translation-invariant kernels are evaluated on shifted inputs, as in
+    :func:`~fastkernels.ops.gram.gram`.
     """
     return kernel_mv_reference(x1, x2, v, kernel, params, diag_offset)
 
@@ -120,6 +141,9 @@ def _backward(ctx, grad):
         gv = torch.ops.fastkernels.kernel_mv(x2, x1, grad, kernel, params, back)
     if need1 or need2:
         kw = unpack_params(OP, kernel, params)
+        # Shifted inputs for the translation-invariant kernels (see gram_vjp_terms): one common
+        # shift for every row block. The gradients are those of the original points.
+        x1, x2 = center_inputs(kernel, x1, x2)
         n, m = x1.shape[0], x2.shape[0]
         b = _row_block(n, m)
         g1 = torch.empty_like(x1) if need1 else None

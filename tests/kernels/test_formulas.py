@@ -255,3 +255,139 @@ def test_sqrt_constants():
     assert F.matern(x1, x2, 2.5, 1.0).item() == pytest.approx(
         (1 + s5 + 5 / 3) * math.exp(-s5), rel=1e-15
     )
+
+
+# -- data far from the origin: the translation-invariant kernels are shifted -------------------
+
+STATIONARY = [
+    ("rbf", {"gamma": 1.0}),
+    ("laplace", {"gamma": 1.0}),
+    ("matern", {"nu": 1.5, "gamma": 1.0}),
+    ("matern", {"nu": 2.5, "gamma": 1.0}),
+]
+STATIONARY_IDS = [f"{n}-{'-'.join(str(v) for v in p.values())}" for n, p in STATIONARY]
+
+
+def far_points(n, d, shift, seed):
+    """float32 points of spread 0.1 around ``shift``: shift / spread up to 1e4."""
+    return (0.1 * randn(n, d, seed=seed) + shift).float()
+
+
+def direct_kernel(name, kw, a, b):
+    """The float64 kernel of the points a, b from explicit differences (no norm expansion)."""
+    r = torch.cdist(a.double(), b.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    t = kw["gamma"] * r
+    if name == "rbf":
+        return torch.exp(-kw["gamma"] * r * r)
+    nu = kw.get("nu", 0.5)
+    if nu == 0.5:
+        return torch.exp(-t)
+    if nu == 1.5:
+        return (1 + math.sqrt(3) * t) * torch.exp(-math.sqrt(3) * t)
+    return (1 + math.sqrt(5) * t + 5 / 3 * t * t) * torch.exp(-math.sqrt(5) * t)
+
+
+@pytest.mark.parametrize("name,kw", STATIONARY, ids=STATIONARY_IDS)
+@pytest.mark.parametrize("shift", [100.0, 1000.0])
+@pytest.mark.parametrize("n,m", [(1, 1), (37, 53)])
+def test_float32_stationary_kernels_far_from_origin(name, kw, shift, n, m):
+    # Unshifted, ||x||^2 + ||y||^2 - 2 <x, y> in float32 was off by up to 0.8 (RBF, shift 1000).
+    a, b = far_points(n, 5, shift, seed=20), far_points(m, 5, shift, seed=21)
+    got = F.FORMULAS[name](a, b, **kw)
+    assert got.dtype == torch.float32
+    assert (got.double() - direct_kernel(name, kw, a, b)).abs().max() < 1e-5
+    self_gram = F.FORMULAS[name](a, a, **kw)
+    assert (self_gram.double() - direct_kernel(name, kw, a, a)).abs().max() < 1e-5
+    assert torch.equal(self_gram.diagonal(), torch.ones(n))
+
+
+@pytest.mark.parametrize("shift", [100.0, 1000.0])
+def test_float32_sq_dist_far_from_origin(shift):
+    a, b = far_points(37, 5, shift, seed=22), far_points(53, 5, shift, seed=23)
+    want = torch.cdist(a.double(), b.double(), compute_mode="donot_use_mm_for_euclid_dist") ** 2
+    assert (F.sq_dist(a, b).double() - want).abs().max() < 1e-6
+
+
+def test_center_shifts_both_sides_by_the_mean_of_x2_and_keeps_identity():
+    a, b = far_points(9, 4, 1000.0, seed=24), far_points(7, 4, 1000.0, seed=25)
+    y1, y2 = F.center(a, b)
+    c = b.double().mean(dim=0).float()
+    assert torch.equal(y1, a - c) and torch.equal(y2, b - c)
+    z1, z2 = F.center(a, a)
+    assert z1 is z2
+    # centre=False: the caller's inputs as given (here already shifted), no second shift.
+    assert torch.equal(F.rbf(y1, y2, 0.5, centre=False), F.rbf(a, b, 0.5))
+
+
+def test_non_stationary_kernels_are_not_shifted():
+    # Functions of <x, y> change under a shift: far from the origin they must see the raw points.
+    a, b = far_points(9, 4, 100.0, seed=26), far_points(7, 4, 100.0, seed=27)
+    want = a.double() @ b.double().T
+    assert ((F.linear(a, b).double() - want).abs().max() / want.abs().max()) < 1e-6
+    poly = F.polynomial(a, b, 1, 0.5, 1.0).double()
+    assert ((poly - (0.5 * want + 1.0)).abs().max() / want.abs().max()) < 1e-6
+    assert "polynomial" not in F.TRANSLATION_INVARIANT and "arccos" not in F.TRANSLATION_INVARIANT
+
+
+# -- near-duplicates across the two inputs: the Laplace kernel's d^2 from differences ----------
+
+# Every distance kernel with gamma = 1; matern 0.5 is the Laplace kernel under its other name.
+NEAR = STATIONARY + [("matern", {"nu": 0.5, "gamma": 1.0})]
+NEAR_IDS = [f"{n}-{'-'.join(str(v) for v in p.values())}" for n, p in NEAR]
+
+
+def duplicated_points(n, m, shift, noise, seed):
+    """float32 x1 (n, 5), x2 (m, 5) of spread 0.1 around ``shift``; every other row of x2 is a
+    copy of a row of x1 (at another position) plus ``noise`` times a standard normal."""
+    a = 0.1 * randn(n, 5, seed=seed) + shift
+    b = 0.1 * randn(m, 5, seed=seed + 1) + shift
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 2))[: (m + 1) // 2]
+    b[::2] = a[rows] + noise * randn(len(rows), 5, seed=seed + 3)
+    return a.float(), b.float()
+
+
+def test_laplace_of_duplicated_points_reproduction():
+    # The defect as reported: 50 identical points in both inputs, at different positions. The
+    # expansion's rounding error of d^2 went through sqrt: 1.7e-4 instead of < 1e-5.
+    x = (randn(300, 5, seed=70) * 0.1 + 1000).float()
+    a, b = x[:100], x[50:]
+    for got in (F.laplace(a, b, 1.0), F.matern(a, b, 0.5, 1.0)):
+        assert (got.double() - F.laplace(a.double(), b.double(), 1.0)).abs().max() < 1e-5
+        assert torch.equal(got[50:].diagonal(), torch.ones(50))
+
+
+@pytest.mark.parametrize("name,kw", NEAR, ids=NEAR_IDS)
+@pytest.mark.parametrize("shift", [0.0, 100.0, 1000.0])
+@pytest.mark.parametrize("noise", [0.0, 1e-6], ids=["exact", "near"])
+def test_float32_duplicated_points_across_inputs(name, kw, shift, noise):
+    a, b = duplicated_points(70, 60, shift, noise, seed=100)
+    got = F.FORMULAS[name](a, b, **kw)
+    assert (got.double() - direct_kernel(name, kw, a, b)).abs().max() < 1e-5
+    # Within one tensor, copies at different rows are not self-pairs either.
+    x = torch.cat([a, b])
+    got = F.FORMULAS[name](x, x, **kw)
+    assert (got.double() - direct_kernel(name, kw, x, x)).abs().max() < 1e-5
+    assert torch.equal(got.diagonal(), torch.ones(len(x)))
+
+
+def test_float64_laplace_of_duplicated_points():
+    a, b = duplicated_points(70, 60, 1000.0, 1e-6, seed=110)
+    a, b = a.double() + 1e-9 * randn(70, 5, seed=114), b.double()
+    want = direct_kernel("laplace", {"gamma": 1.0}, a, b)
+    assert (F.laplace(a, b, 1.0) - want).abs().max() < 1e-12
+
+
+def test_laplace_gradient_through_recomputed_pairs_is_finite():
+    # Recomputed entries are constants for autograd (subgradient 0, as the ops' backward at
+    # coincident points); every other entry keeps the gradient of the kernel.
+    a, b = duplicated_points(7, 6, 0.0, 0.0, seed=120)
+    a, b = a.double().requires_grad_(), b.double()
+    w = randn(7, 6, seed=124)
+    dup = torch.cdist(a.detach(), b) < 1e-6
+    assert dup.any()
+    (got,) = torch.autograd.grad((F.laplace(a, b, 1.0) * w).sum(), a)
+    assert torch.isfinite(got).all()
+    w = torch.where(dup, torch.zeros_like(w), w)
+    (got,) = torch.autograd.grad((F.laplace(a, b, 1.0) * w).sum(), a)
+    (want,) = torch.autograd.grad((direct_kernel("laplace", {"gamma": 1.0}, a, b) * w).sum(), a)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)

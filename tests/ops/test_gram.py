@@ -7,6 +7,7 @@ import torch
 from sklearn.metrics.pairwise import linear_kernel, polynomial_kernel, rbf_kernel
 
 from fastkernels import ops
+from fastkernels.kernels import Laplace
 from fastkernels.ops._common import CPP_KERNELS
 
 from .conftest import CASE_IDS, CASES, IMPL_CASE_IDS, IMPL_CASES, IMPLS, randn
@@ -245,3 +246,140 @@ def test_cpp_relu_kernels_over_every_angle(kernel, params):
     x2 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
     ref = ops.gram_reference(x1, x2, kernel, params)
     assert rel_err(run("cpp", x1, x2, kernel, params), ref) < 1e-12
+
+
+# -- float32 far from the origin: the translation-invariant kernels are evaluated shifted ------
+
+STATIONARY = [(k, ps) for k, ps in CASES if k in ("rbf", "laplace", "matern")]
+STATIONARY_IDS = [cid for (k, _), cid in zip(CASES, CASE_IDS) if k in ("rbf", "laplace", "matern")]
+IMPL_STATIONARY = [(impl, k, ps) for impl in IMPLS for k, ps in STATIONARY]
+IMPL_STATIONARY_IDS = [f"{impl}-{cid}" for impl in IMPLS for cid in STATIONARY_IDS]
+# 1 x 1, odd sizes, and 6 x 2 C++ tiles of 128 x 512.
+FAR_SIZES = [(1, 1), (37, 53), (700, 600)]
+
+
+def far_points(n, d, shift, seed):
+    """float32 points of spread 0.1 around ``shift`` (shift / spread up to 1e4)."""
+    return (0.1 * randn(n, d, seed=seed) + shift).float()
+
+
+@pytest.mark.parametrize("impl,kernel,params", IMPL_STATIONARY, ids=IMPL_STATIONARY_IDS)
+@pytest.mark.parametrize("shift", [100.0, 1000.0])
+@pytest.mark.parametrize("n,m", FAR_SIZES)
+def test_float32_far_from_origin(impl, kernel, params, shift, n, m):
+    # Without the shift, float32 RBF entries were off by 0.016 (shift 100) and 0.8 (shift 1000).
+    a, b = far_points(n, 5, shift, seed=30), far_points(m, 5, shift, seed=31)
+    for x1, x2 in ((a, b), (a, a)):
+        got = run(impl, x1, x2, kernel, params)
+        ref = ops.gram_reference(x1.double(), x2.double(), kernel, params)
+        assert got.dtype == torch.float32
+        assert (got.double() - ref).abs().max() < 1e-5
+    assert torch.equal(got.diagonal(), torch.ones(n))
+
+
+@pytest.mark.parametrize("kernel,params", STATIONARY, ids=STATIONARY_IDS)
+def test_gradcheck_far_from_origin(kernel, params):
+    x1 = (randn(6, 3, seed=32) + 1000.0).requires_grad_()
+    x2 = (randn(5, 3, seed=33) + 1000.0).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, b: torch.ops.fastkernels.gram(a, b, kernel, params, None), (x1, x2)
+    )
+    assert torch.autograd.gradcheck(
+        lambda a: torch.ops.fastkernels.gram(a, a, kernel, params, None), (x2,)
+    )
+
+
+@pytest.mark.parametrize("kernel,params", STATIONARY, ids=STATIONARY_IDS)
+def test_float32_gradient_far_from_origin(kernel, params):
+    # The backward shifts too: sum_j gd_ij (x1_i - x2_j) would cancel on the raw points.
+    a, b = far_points(37, 5, 1000.0, seed=34), far_points(53, 5, 1000.0, seed=35)
+    w = randn(37, 53, seed=36)
+    grads = []
+    for x1, x2 in ((a, b), (a.double(), b.double())):
+        x1, x2 = x1.clone().requires_grad_(), x2.clone().requires_grad_()
+        (torch.ops.fastkernels.gram(x1, x2, kernel, params, None) * w.to(x1.dtype)).sum().backward()
+        grads.append((x1.grad, x2.grad))
+    for got, want in zip(grads[0], grads[1]):
+        assert (got.double() - want).abs().max() < 1e-5 * want.abs().max()
+
+
+# -- near-duplicates across the two inputs: Laplace d^2 from differences ------------------------
+
+
+def duplicated_points(n, m, shift, noise, seed, dtype=torch.float32):
+    """x1 (n, 5), x2 (m, 5) of spread 0.1 around ``shift``; every other row of x2 is a copy of a
+    row of x1 (at another position) plus ``noise`` times a standard normal."""
+    a = 0.1 * randn(n, 5, seed=seed) + shift
+    b = 0.1 * randn(m, 5, seed=seed + 1) + shift
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 2))[: (m + 1) // 2]
+    b[::2] = a[rows] + noise * randn(len(rows), 5, seed=seed + 3)
+    return a.to(dtype), b.to(dtype)
+
+
+NEAR = [
+    # Laplace: every shift, exact and near (x + 1e-6) copies; Matern 1/2 is the same kernel.
+    *[("laplace", [1.0], shift, noise) for shift in (0.0, 100.0, 1000.0) for noise in (0.0, 1e-6)],
+    ("matern", [0.5, 1.0], 0.0, 1e-6),
+    # Smooth in d^2 at 0: within 1e-5 without the recomputation.
+    ("rbf", [1.0], 0.0, 1e-6),
+    ("matern", [1.5, 1.0], 0.0, 1e-6),
+    ("matern", [2.5, 1.0], 0.0, 1e-6),
+]
+NEAR_IDS = [f"{k}-{ps[0]:g}-shift{s:g}-{'near' if e else 'exact'}" for k, ps, s, e in NEAR]
+IMPL_NEAR = [(impl, *case) for impl in IMPLS for case in NEAR]
+IMPL_NEAR_IDS = [f"{impl}-{cid}" for impl in IMPLS for cid in NEAR_IDS]
+
+
+@pytest.mark.parametrize("impl,kernel,params,shift,noise", IMPL_NEAR, ids=IMPL_NEAR_IDS)
+def test_float32_duplicated_points_across_inputs(impl, kernel, params, shift, noise):
+    # Before the recomputation, Laplace entries of copies were off by up to 1.7e-4.
+    a, b = duplicated_points(700, 600, shift, noise, seed=80)  # 6 x 2 C++ tiles
+    ref = ops.gram_reference(a.double(), b.double(), kernel, params)
+    assert (run(impl, a, b, kernel, params).double() - ref).abs().max() < 1e-5
+    # Copies within one tensor, at different rows, are not self-pairs either; a row block of it
+    # (diag_offset) keeps its self-pairs exact.
+    x = torch.cat([a[:200], b])
+    ref = ops.gram_reference(x.double(), x.double(), kernel, params)
+    full = run(impl, x, x, kernel, params)
+    assert (full.double() - ref).abs().max() < 1e-5
+    assert torch.equal(full.diagonal(), torch.ones(len(x)))
+    block = run(impl, x[150:450], x, kernel, params, 150)
+    assert (block.double() - ref[150:450]).abs().max() < 1e-5
+    assert torch.equal(block[:, 150:450].diagonal(), torch.ones(300))
+
+
+def test_laplace_of_duplicated_points_reproduction():
+    # The defect as reported, through the kernel object (the C++ op when it is built).
+    x = (randn(300, 5, seed=81) * 0.1 + 1000).float()
+    a, b = x[:100], x[50:]  # 50 identical points in both inputs, at different positions
+    err = (Laplace(1.0)(a, b).double() - Laplace(1.0)(a.double(), b.double())).abs().max()
+    assert err < 1e-5  # was 1.7e-4
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_float64_laplace_of_duplicated_points(impl):
+    a, b = duplicated_points(300, 250, 1000.0, 0.0, seed=82, dtype=torch.float64)
+    a = a + 1e-9 * randn(300, 5, seed=86)  # near-duplicates at 2e-9
+    want = torch.exp(-torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist"))
+    assert (run(impl, a, b, "laplace", [1.0]) - want).abs().max() < 1e-12
+
+
+HUGE = torch.full((3, 4), 1e19)  # finite in float32, but its squared norms overflow
+
+
+@pytest.mark.parametrize("impl", IMPLS + ["op"])
+def test_overflowing_inputs_are_rejected(impl):
+    small = randn(2, 4, seed=37).float()
+    call = {
+        "reference": ops.gram_reference,
+        "cpp": torch.ops.fastkernels._gram_cpu,
+        "op": torch.ops.fastkernels.gram,
+    }[impl]
+    for x1, x2, name in ((HUGE, HUGE, "x1"), (HUGE, small, "x1"), (small, HUGE, "x2")):
+        for kernel, params in (("rbf", [1.0]), ("linear", [])):
+            match = f"gram: {name} .*rescale the inputs or use float64"
+            with pytest.raises(ValueError, match=match):
+                call(x1, x2, kernel, params, None)
+    # The same values are fine in float64.
+    big = HUGE.double()
+    assert torch.equal(call(big, big, "rbf", [1.0], None), torch.ones(3, 3).double())

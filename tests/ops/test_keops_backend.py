@@ -69,6 +69,26 @@ def test_float32_within_1e5_of_float64(keops, kernel, params, n, m):
     assert rel_err(got, ref) < 1e-5
 
 
+@pytest.mark.parametrize(
+    "kernel,params",
+    [c for c in KEOPS_CASES if c[0] in ("rbf", "laplace", "matern")],
+    ids=[i for c, i in zip(KEOPS_CASES, KEOPS_IDS) if c[0] in ("rbf", "laplace", "matern")],
+)
+@pytest.mark.parametrize("shift", [100.0, 1000.0])
+@pytest.mark.parametrize("n,m", [(1, 1), (37, 53)])
+def test_float32_far_from_origin(keops, kernel, params, shift, n, m):
+    # SqDist takes differences first, so float32 points of spread 0.1 far from the origin need
+    # no shift; float32 with T = 1 (D = 5) reuses the formulas compiled above.
+    a = (0.1 * randn(n, D, seed=20) + shift).float()
+    b = (0.1 * randn(m, D, seed=21) + shift).float()
+    for x1, x2 in ((a, b), (a, a)):
+        w = randn(x2.shape[0], seed=22)
+        got = keops_mv(x1, x2, w.float(), kernel, params)
+        k = ops.gram_reference(x1.double(), x2.double(), kernel, params)
+        # Relative to the scale of the row sums |K| |w|.
+        assert (got.double() - k @ w).abs().max() < 1e-5 * (k.abs() @ w.abs()).max()
+
+
 @pytest.mark.parametrize("kernel,params", KEOPS_CASES, ids=KEOPS_IDS)
 def test_self_pairs_exact(keops, kernel, params):
     # One-hot right-hand sides pick column j of K: K[j, j] is the self-pair.
@@ -154,6 +174,7 @@ def test_build_folder_is_set_on_first_use(keops):
 # -- errors (no pykeops needed) ---------------------------------------------------------------
 
 X, V = randn(4, 3, seed=14), randn(4, 2, seed=15)
+HUGE = torch.full((4, 3), 1e19)
 BAD = [
     (lambda op: op(X, X[:, :2], V, "rbf", [1.0]), "mismatched D"),
     (lambda op: op(X, X, V[:3], "rbf", [1.0]), "v rows"),
@@ -165,6 +186,9 @@ BAD = [
     (lambda op: op(X, X, V, "nope", [1.0]), "unknown kernel"),
     (lambda op: op(X[:0], X, V, "rbf", [1.0]), "empty"),
     (lambda op: op(X * float("nan"), X, V, "rbf", [1.0]), "NaN"),
+    # Finite in float32, but the squared norms overflow: rejected naming the argument.
+    (lambda op: op(HUGE, HUGE, V.float(), "rbf", [1.0]), "overflow x1"),
+    (lambda op: op(X.float(), HUGE[:4], V.float(), "linear", []), "overflow x2"),
 ]
 
 

@@ -11,7 +11,7 @@ import torch
 
 from fastkernels import ops
 
-from .conftest import CASE_IDS, CASES, IMPL_CASE_IDS, IMPL_CASES, randn
+from .conftest import CASE_IDS, CASES, IMPL_CASE_IDS, IMPL_CASES, IMPLS, randn
 
 # C++ tiles are 256 x 512: odd sizes, 1 x 1, and several tiles in both directions.
 SHAPES = [(1, 1, 1, 1), (37, 53, 7, 3), (600, 1100, 5, 1), (300, 1100, 4, 16)]
@@ -156,3 +156,148 @@ def test_cpp_kernel_mv_memory_is_bounded_by_tiles():
     assert out.shape == (n, 1)
     grew_mb = (after - before) / 1024
     assert grew_mb < 64, f"peak RSS grew by {grew_mb:.0f} MB (a stored K would be 1600 MB)"
+
+
+# -- float32 far from the origin: the translation-invariant kernels are evaluated shifted ------
+
+STATIONARY = [(k, ps) for k, ps in CASES if k in ("rbf", "laplace", "matern")]
+STATIONARY_IDS = [cid for (k, _), cid in zip(CASES, CASE_IDS) if k in ("rbf", "laplace", "matern")]
+IMPL_STATIONARY = [(impl, k, ps) for impl in IMPLS for k, ps in STATIONARY]
+IMPL_STATIONARY_IDS = [f"{impl}-{cid}" for impl in IMPLS for cid in STATIONARY_IDS]
+# 1 x 1, odd sizes, and 3 x 2 C++ tiles of 256 x 512 (with one and with several columns of v).
+FAR_SHAPES = [(1, 1, 1), (37, 53, 3), (700, 600, 1), (700, 600, 4)]
+
+
+def far_points(n, d, shift, seed):
+    """float32 points of spread 0.1 around ``shift`` (shift / spread up to 1e4)."""
+    return (0.1 * randn(n, d, seed=seed) + shift).float()
+
+
+@pytest.mark.parametrize("impl,kernel,params", IMPL_STATIONARY, ids=IMPL_STATIONARY_IDS)
+@pytest.mark.parametrize("shift", [100.0, 1000.0])
+@pytest.mark.parametrize("n,m,t", FAR_SHAPES)
+def test_float32_far_from_origin(impl, kernel, params, shift, n, m, t):
+    a, b = far_points(n, 5, shift, seed=40), far_points(m, 5, shift, seed=41)
+    for x1, x2 in ((a, b), (a, a)):
+        v = randn(x2.shape[0], t, seed=42)
+        got = run(impl, x1, x2, v.float(), kernel, params)
+        k = ops.gram_reference(x1.double(), x2.double(), kernel, params)
+        # Relative to the scale of the row sums |K| |v|: K v is a sum of M signed terms.
+        scale = (k.abs() @ v.abs()).max()
+        assert got.dtype == torch.float32
+        assert (got.double() - k @ v).abs().max() < 1e-5 * scale
+
+
+@pytest.mark.parametrize("kernel,params", STATIONARY, ids=STATIONARY_IDS)
+def test_gradcheck_far_from_origin(kernel, params):
+    x1 = (randn(6, 3, seed=43) + 1000.0).requires_grad_()
+    x2 = (randn(5, 3, seed=44) + 1000.0).requires_grad_()
+    v = randn(5, 2, seed=45).requires_grad_()
+
+    def f(a, b, w):
+        return torch.ops.fastkernels.kernel_mv(a, b, w, kernel, params, None)
+
+    assert torch.autograd.gradcheck(f, (x1, x2, v))
+    assert torch.autograd.gradcheck(lambda a, w: f(a, a, w), (x2, v))
+
+
+@pytest.mark.parametrize("kernel,params", STATIONARY, ids=STATIONARY_IDS)
+def test_float32_gradient_far_from_origin(kernel, params, monkeypatch):
+    # Several row blocks of the backward, all with the same shift.
+    monkeypatch.setattr(importlib.import_module("fastkernels.ops.kernel_mv"), "BLOCK_ENTRIES", 500)
+    a, b = far_points(37, 5, 1000.0, seed=46), far_points(53, 5, 1000.0, seed=47)
+    v, g = randn(53, 2, seed=48), randn(37, 2, seed=49)
+    grads = []
+    for x1, x2 in ((a, b), (a.double(), b.double())):
+        x1, x2 = x1.clone().requires_grad_(), x2.clone().requires_grad_()
+        out = torch.ops.fastkernels.kernel_mv(x1, x2, v.to(x1.dtype), kernel, params, None)
+        (out * g.to(x1.dtype)).sum().backward()
+        grads.append((x1.grad, x2.grad))
+    for got, want in zip(grads[0], grads[1]):
+        assert (got.double() - want).abs().max() < 1e-5 * want.abs().max()
+
+
+# -- near-duplicates across the two inputs: Laplace d^2 from differences ------------------------
+
+
+def duplicated_points(n, m, shift, noise, seed, dtype=torch.float32):
+    """x1 (n, 5), x2 (m, 5) of spread 0.1 around ``shift``; every other row of x2 is a copy of a
+    row of x1 (at another position) plus ``noise`` times a standard normal."""
+    a = 0.1 * randn(n, 5, seed=seed) + shift
+    b = 0.1 * randn(m, 5, seed=seed + 1) + shift
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 2))[: (m + 1) // 2]
+    b[::2] = a[rows] + noise * randn(len(rows), 5, seed=seed + 3)
+    return a.to(dtype), b.to(dtype)
+
+
+NEAR = [
+    # Laplace: every shift, exact and near (x + 1e-6) copies; Matern 1/2 is the same kernel.
+    *[("laplace", [1.0], shift, noise) for shift in (0.0, 100.0, 1000.0) for noise in (0.0, 1e-6)],
+    ("matern", [0.5, 1.0], 0.0, 1e-6),
+    # Smooth in d^2 at 0: within 1e-5 without the recomputation.
+    ("rbf", [1.0], 0.0, 1e-6),
+    ("matern", [1.5, 1.0], 0.0, 1e-6),
+    ("matern", [2.5, 1.0], 0.0, 1e-6),
+]
+NEAR_IDS = [f"{k}-{ps[0]:g}-shift{s:g}-{'near' if e else 'exact'}" for k, ps, s, e in NEAR]
+IMPL_NEAR = [(impl, *case) for impl in IMPLS for case in NEAR]
+IMPL_NEAR_IDS = [f"{impl}-{cid}" for impl in IMPLS for cid in NEAR_IDS]
+
+
+@pytest.mark.parametrize("impl,kernel,params,shift,noise", IMPL_NEAR, ids=IMPL_NEAR_IDS)
+def test_float32_duplicated_points_across_inputs(impl, kernel, params, shift, noise):
+    # v picks the columns of the copies (even rows of x2, in both C++ column tiles of 512), so
+    # K v is those columns of K: an absolute bound (a general v would bury a wrong entry in a sum
+    # of 600 terms). Many right-hand sides, and one.
+    a, b = duplicated_points(700, 600, shift, noise, seed=90)  # 3 x 2 C++ tiles
+    k = ops.gram_reference(a.double(), b.double(), kernel, params)
+    eye = torch.eye(600, dtype=torch.float64)
+    for v in (eye[:, ::2], eye[:, 300:301]):
+        got = run(impl, a, b, v.float(), kernel, params)
+        assert (got.double() - k @ v).abs().max() < 1e-5
+    # Copies within one tensor, at different rows: the self product with a row block.
+    x = torch.cat([a[:200], b])
+    k = ops.gram_reference(x[150:450].double(), x.double(), kernel, params, 150)
+    v = torch.eye(800, dtype=torch.float64)[:, [200, 500, 798]]
+    got = run(impl, x[150:450], x, v.float(), kernel, params, 150)
+    assert (got.double() - k @ v).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_laplace_of_duplicated_points_reproduction(impl):
+    x = (randn(300, 5, seed=92) * 0.1 + 1000).float()
+    a, b = x[:100], x[50:]  # 50 identical points in both inputs, at different positions
+    v = torch.eye(250, dtype=torch.float64)[:, :50]  # the duplicated columns
+    want = ops.gram_reference(a.double(), b.double(), "laplace", [1.0]) @ v
+    assert (run(impl, a, b, v.float(), "laplace", [1.0]).double() - want).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_float64_laplace_of_duplicated_points(impl):
+    a, b = duplicated_points(300, 250, 1000.0, 0.0, seed=94, dtype=torch.float64)
+    a = a + 1e-9 * randn(300, 5, seed=98)  # near-duplicates at 2e-9
+    want = torch.exp(-torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist"))
+    v = torch.eye(250, dtype=torch.float64)[:, ::2]
+    assert (run(impl, a, b, v, "laplace", [1.0]) - want @ v).abs().max() < 1e-12
+
+
+HUGE = torch.full((3, 4), 1e19)  # finite in float32, but its squared norms overflow
+
+
+@pytest.mark.parametrize("impl", IMPLS + ["op"])
+def test_overflowing_inputs_are_rejected(impl):
+    small = randn(2, 4, seed=50).float()
+    call = {
+        "reference": ops.kernel_mv_reference,
+        "cpp": torch.ops.fastkernels._kernel_mv_cpu,
+        "op": torch.ops.fastkernels.kernel_mv,
+    }[impl]
+    for x1, x2, name in ((HUGE, HUGE, "x1"), (HUGE, small, "x1"), (small, HUGE, "x2")):
+        v = torch.ones(x2.shape[0], 1)
+        for kernel, params in (("rbf", [1.0]), ("linear", [])):
+            match = f"kernel_mv: {name} .*rescale the inputs or use float64"
+            with pytest.raises(ValueError, match=match):
+                call(x1, x2, v, kernel, params, None)
+    big = HUGE.double()
+    out = call(big, big, torch.ones(3, 1).double(), "rbf", [1.0], None)
+    assert torch.equal(out, torch.full((3, 1), 3.0).double())

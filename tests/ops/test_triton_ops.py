@@ -208,6 +208,107 @@ def test_ntk_ops_match_float64_reference(widths, n, m, dtype):
     assert rel_err(got_mv, want @ v.double()) < tol
 
 
+# float32 points of spread 0.1 around 100 and 1000: the launchers shift the distance kernels'
+# inputs (unshifted, RBF entries were off by up to 0.8 at 1000).
+DISTANCE_CASES = [(k, p) for k, p in CASES if k in DISTANCE]
+DISTANCE_IDS = [i for (k, _), i in zip(CASES, CASE_IDS) if k in DISTANCE]
+
+
+@on_interpreter
+@pytest.mark.parametrize("kernel,params", DISTANCE_CASES, ids=DISTANCE_IDS)
+@pytest.mark.parametrize("shift", [100.0, 1000.0])
+@pytest.mark.parametrize("n,m", [(1, 1), (37, 53)])
+def test_float32_far_from_origin(kernel, params, shift, n, m):
+    a = (0.1 * randn(n, 5, seed=60) + shift).float()
+    b = (0.1 * randn(m, 5, seed=61) + shift).float()
+    for x1, x2 in ((a, b), (a, a)):
+        ref = ops.gram_reference(x1.double(), x2.double(), kernel, params)
+        got = gram_triton(x1, x2, kernel, params, **TILES)
+        assert got.dtype == torch.float32 and (got.double() - ref).abs().max() < 1e-5
+        v = randn(x2.shape[0], 3, seed=62)
+        got_mv = kernel_mv_triton(x1, x2, v.float(), kernel, params, **TILES_T)
+        # Relative to the scale of the row sums |K| |v|.
+        scale = (ref.abs() @ v.abs()).max()
+        assert (got_mv.double() - ref @ v).abs().max() < 1e-5 * scale
+
+
+# Near-duplicates across the two inputs: the Laplace kernel (Matern 1/2) recomputes their d^2
+# from differences; before, the expansion's rounding error went through sqrt (1.7e-4 in float32).
+def duplicated_points(n, m, shift, noise, seed, dtype=torch.float32):
+    """x1 (n, 5), x2 (m, 5) of spread 0.1 around ``shift``; every other row of x2 is a copy of a
+    row of x1 (at another position) plus ``noise`` times a standard normal."""
+    a = 0.1 * randn(n, 5, seed=seed) + shift
+    b = 0.1 * randn(m, 5, seed=seed + 1) + shift
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 2))[: (m + 1) // 2]
+    b[::2] = a[rows] + noise * randn(len(rows), 5, seed=seed + 3)
+    return a.to(dtype), b.to(dtype)
+
+
+NEAR_CASES = [
+    # Laplace: every shift, exact and near (x + 1e-6) copies; Matern 1/2 is the same kernel.
+    *[("laplace", [1.0], shift, noise) for shift in (0.0, 100.0, 1000.0) for noise in (0.0, 1e-6)],
+    ("matern", [0.5, 1.0], 0.0, 1e-6),
+    # Smooth in d^2 at 0: within 1e-5 without the recomputation.
+    ("rbf", [1.0], 0.0, 1e-6),
+    ("matern", [1.5, 1.0], 0.0, 1e-6),
+    ("matern", [2.5, 1.0], 0.0, 1e-6),
+]
+NEAR_IDS = [f"{k}-{ps[0]:g}-shift{s:g}-{'near' if e else 'exact'}" for k, ps, s, e in NEAR_CASES]
+
+
+@on_interpreter
+@pytest.mark.parametrize("kernel,params,shift,noise", NEAR_CASES, ids=NEAR_IDS)
+def test_float32_duplicated_points_across_inputs(kernel, params, shift, noise):
+    a, b = duplicated_points(70, 45, shift, noise, seed=66)  # 3 x 2 tiles
+    ref = ops.gram_reference(a.double(), b.double(), kernel, params)
+    got = gram_triton(a, b, kernel, params, **TILES)
+    assert (got.double() - ref).abs().max() < 1e-5
+    # K v with v picking columns of duplicated points: K v is those columns of K.
+    v = torch.eye(45, dtype=torch.float64)[:, [0, 20, 44]]
+    got_mv = kernel_mv_triton(a, b, v.float(), kernel, params, **TILES_T)
+    assert (got_mv.double() - ref @ v).abs().max() < 1e-5
+    # Copies within one tensor, at different rows, are not self-pairs either.
+    x = torch.cat([a, b])
+    ref = ops.gram_reference(x.double(), x.double(), kernel, params)
+    got = gram_triton(x, x, kernel, params, **TILES)
+    assert (got.double() - ref).abs().max() < 1e-5
+    assert torch.equal(got.diagonal(), torch.ones(len(x)))
+
+
+@on_interpreter
+def test_laplace_of_duplicated_points_reproduction():
+    x = (randn(300, 5, seed=70) * 0.1 + 1000).float()
+    a, b = x[:100], x[50:]  # 50 identical points in both inputs, at different positions
+    ref = ops.gram_reference(a.double(), b.double(), "laplace", [1.0])
+    assert (gram_triton(a, b, "laplace", [1.0], **TILES).double() - ref).abs().max() < 1e-5
+    v = torch.eye(250, dtype=torch.float64)[:, :50]  # the duplicated columns
+    got = kernel_mv_triton(a, b, v.float(), "laplace", [1.0], **TILES_T)
+    assert (got.double() - ref @ v).abs().max() < 1e-5
+
+
+@on_interpreter
+def test_float64_laplace_of_duplicated_points():
+    a, b = duplicated_points(40, 35, 1000.0, 0.0, seed=72, dtype=torch.float64)
+    a = a + 1e-9 * randn(40, 5, seed=71)  # near-duplicates at 2e-9
+    want = torch.exp(-torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist"))
+    assert (gram_triton(a, b, "laplace", [1.0], **TILES) - want).abs().max() < 1e-12
+    v = torch.eye(35, dtype=torch.float64)[:, ::2]
+    got = kernel_mv_triton(a, b, v, "laplace", [1.0], **TILES_T)
+    assert (got - want @ v).abs().max() < 1e-12
+
+
+@on_interpreter
+def test_overflowing_inputs_are_rejected():
+    huge = torch.full((3, 4), 1e19)  # finite in float32, but its squared norms overflow
+    small = randn(2, 4, seed=63).float()
+    for x1, x2, name in ((huge, huge, "x1"), (small, huge, "x2")):
+        v = torch.ones(x2.shape[0], 1)
+        with pytest.raises(ValueError, match=f"gram: {name} .*rescale the inputs or use float64"):
+            gram_triton(x1, x2, "rbf", [1.0], **TILES)
+        with pytest.raises(ValueError, match=f"kernel_mv: {name} .*rescale the inputs"):
+            kernel_mv_triton(x1, x2, v, "linear", [], **TILES_T)
+
+
 BAD_GRAM = [
     (lambda f: f(randn(3, 2), randn(4, 3), "rbf", [1.0]), ValueError),
     (lambda f: f(randn(3, 2), randn(4, 2), "rbf", [0.0]), ValueError),
@@ -376,6 +477,27 @@ def test_cuda_self_pairs(kernel, params):
         if kernel in DISTANCE:
             assert torch.equal(full.diagonal().cpu(), torch.ones(300, dtype=dtype))
             assert torch.equal(block[:, 200:].diagonal().cpu(), torch.ones(100, dtype=dtype))
+
+
+@on_cuda
+@pytest.mark.parametrize("kernel,params", DISTANCE_CASES, ids=DISTANCE_IDS)
+def test_cuda_float32_far_from_origin(kernel, params):
+    # Several 64 x 64 tiles; the registered ops shift as the interpreter test checks.
+    for shift in (100.0, 1000.0):
+        a = (0.1 * randn(700, 5, seed=64) + shift).float()
+        b = (0.1 * randn(600, 5, seed=65) + shift).float()
+        v = randn(600, 3, seed=66)
+        ref = ops.gram_reference(a.double(), b.double(), kernel, params)
+        got = torch.ops.fastkernels.gram(a.cuda(), b.cuda(), kernel, params, None)
+        assert (got.cpu().double() - ref).abs().max() < 1e-5
+        got_mv = torch.ops.fastkernels.kernel_mv(
+            a.cuda(), b.cuda(), v.float().cuda(), kernel, params, None
+        )
+        scale = (ref.abs() @ v.abs()).max()
+        assert (got_mv.cpu().double() - ref @ v).abs().max() < 1e-5 * scale
+    huge = torch.full((3, 4), 1e19, device="cuda")
+    with pytest.raises(ValueError, match="gram: x1 .*rescale the inputs or use float64"):
+        torch.ops.fastkernels.gram(huge, huge, kernel, params, None)
 
 
 @on_cuda

@@ -14,8 +14,11 @@ launchers, or the environment variable ``FASTKERNELS_TRITON_TF32=1`` for the reg
 ops). TF32 rounds the dot operands to a 10-bit mantissa (~5e-4 relative per operand): the tests
 hold it to 1e-2 relative to the largest entry on unit-variance inputs with ``gamma ~ 1/D``; it
 is worse for distance kernels of nearly coincident points (cancellation in ``n1 + n2 - 2 s``).
-float64 inputs never use TF32. On the GPU, float32 ``exp`` / ``sqrt`` / division are the
-hardware's fast versions (a few ulp), well inside the float32 tolerance of 1e-5.
+float64 inputs never use TF32. The launchers shift the inputs of the distance kernels by the
+mean of x2's rows before the launch (``fastkernels.ops._common.center_inputs``), so that the
+norms in ``n1 + n2 - 2 s`` are those of the data's spread, not of its distance from the origin.
+On the GPU, float32 ``exp`` / ``sqrt`` / division are the hardware's fast versions (a few ulp),
+well inside the float32 tolerance of 1e-5.
 
 Parameters
 ----------

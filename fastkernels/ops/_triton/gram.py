@@ -6,6 +6,10 @@ epilogue in registers and stores the tile: K is written once and nothing else is
 Programs are ordered in groups of GROUP_M tile rows (as in Triton's matmul tutorial) so that
 consecutive programs share x2 tiles in L2.
 
+The Laplace kernel (Matern nu = 1/2) is not smooth in d^2 at 0: tiles holding a near-duplicate
+pair recompute those entries from differences (:func:`_exact_near_pairs`, shared with
+:mod:`.kernel_mv`).
+
 The launcher :func:`gram_triton` takes torch tensors on any device Triton can run on: CUDA
 tensors, and CPU tensors under ``TRITON_INTERPRET=1`` (how the tests run it). Nothing queries a
 driver at import.
@@ -13,12 +17,14 @@ driver at import.
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import check_finite, check_tensors, resolve_offset
+from .._common import center_inputs, check_points, check_tensors, resolve_offset
 from ._common import (
+    KERNEL_CODES,
     _epilogue,
     _grouped_tile,
     _tile_terms,
@@ -30,9 +36,77 @@ from ._common import (
     params_tensor,
 )
 
-__all__ = ["gram_triton", "_gram_kernel"]
+__all__ = ["gram_triton", "_gram_kernel", "near_constants", "_exact_near_pairs"]
 
 OP = "fastkernels::gram"
+
+# tau = f (n1 + n2) with f = 2^16 eps: the threshold of the reference
+# (fastkernels.kernels.formulas._exact_near_pairs) and of the C++ ops (csrc/kernel_common.h),
+# which explain the choice. A power of two, so exact as the float32 constant Triton makes of it
+# whatever the tile dtype.
+_NEAR_FACTOR = 65536.0
+
+
+def near_constants(const: dict, dtype: torch.dtype) -> dict:
+    """The constexprs of :func:`_exact_near_pairs` for the epilogue constants ``const``.
+
+    Returns
+    -------
+    dict
+        ``EXACT_NEAR``: the kernel is Laplace (laplace, or matern with nu = 1/2);
+        ``NEAR_F``: ``tau / (n1 + n2)`` in ``dtype``.
+    """
+    laplace = const["KERNEL"] == KERNEL_CODES["laplace"] or (
+        const["KERNEL"] == KERNEL_CODES["matern"] and const["NU2"] == 1
+    )
+    return {"EXACT_NEAR": laplace, "NEAR_F": _NEAR_FACTOR * torch.finfo(dtype).eps}
+
+
+@triton.jit
+def _exact_near_pairs(
+    k,
+    s,
+    n1,
+    n2,
+    same,
+    x1_ptr,
+    x2_ptr,
+    offs_m,
+    offs_n,
+    N,
+    M,
+    D,
+    stride_x1n,
+    stride_x1d,
+    stride_x2m,
+    stride_x2d,
+    gamma,
+    HAS_DIAG: tl.constexpr,
+    NEAR_F: tl.constexpr,
+):
+    """The Laplace tile ``k`` with its near-duplicate entries recomputed from differences.
+
+    ``d^2 = n1 + n2 - 2 s`` has an absolute rounding error of a few ``eps (n1 + n2)``, which
+    ``sqrt`` (infinite slope at 0) turns into ``gamma sqrt(eps (n1 + n2))`` for two copies of
+    one point: 1.7e-4 in float32. Entries with ``d^2 < NEAR_F (n1 + n2)`` (self-pairs aside:
+    they are exact already) get ``d^2 = sum_k (x1_ik - x2_jk)^2`` from the centred points (the
+    difference of two nearby floats is exact). Near-duplicates are rare, so the D loop runs
+    only in the tiles that hold one; the others pay one compare per entry and a tile reduction.
+    """
+    nn = n1[:, None] + n2[None, :]
+    flag = (nn - 2.0 * s) < nn * NEAR_F
+    flag = flag & (offs_m[:, None] < N) & (offs_n[None, :] < M)
+    if HAS_DIAG:
+        flag = flag & (same == 0)
+    if tl.max(flag.to(tl.int32)) > 0:
+        acc = tl.zeros_like(s)
+        for kk in range(0, D):
+            a = tl.load(x1_ptr + offs_m * stride_x1n + kk * stride_x1d, mask=offs_m < N, other=0.0)
+            b = tl.load(x2_ptr + offs_n * stride_x2m + kk * stride_x2d, mask=offs_n < M, other=0.0)
+            e = a[:, None] - b[None, :]
+            acc += e * e
+        k = tl.where(flag, tl.exp(-gamma * tl.sqrt(acc)), k)
+    return k
 
 
 # Sizes are not specialised (Triton would compile again for every size that is 1 or a
@@ -61,6 +135,8 @@ def _gram_kernel(
     DEPTH: tl.constexpr,
     TRAINABLE: tl.constexpr,
     HAS_DIAG: tl.constexpr,
+    EXACT_NEAR: tl.constexpr,
+    NEAR_F: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -96,6 +172,11 @@ def _gram_kernel(
         s, n1, n2, same, D, gamma, coef0, degree,
         KERNEL, NU2, ORDER, ARCH, DEPTH, TRAINABLE, HAS_DIAG,
     )
+    if EXACT_NEAR:
+        k = _exact_near_pairs(
+            k, s, n1, n2, same, x1_ptr, x2_ptr, offs_m, offs_n, N, M, D,
+            stride_x1n, stride_x1d, stride_x2m, stride_x2d, gamma, HAS_DIAG, NEAR_F,
+        )
     mask = (offs_m[:, None] < N) & (offs_n[None, :] < M)
     # int64 row offsets: N * M may exceed 2^31 entries.
     tl.store(
@@ -158,8 +239,11 @@ def gram_triton(
     """
     check_tensors(OP, x1, x2, diag_offset=diag_offset)
     const, gamma, coef0, degree = epilogue_constants(OP, kernel, params)
-    check_finite(OP, x1=x1, x2=x2)
+    check_points(OP, x1=x1, x2=x2)
     offset = resolve_offset(x1, x2, diag_offset)
+    # Translation-invariant kernels run on shifted copies: the tile's n1 + n2 - 2 s cancels for
+    # data far from the origin (see fastkernels.ops._common.center_inputs).
+    x1, x2 = center_inputs(kernel, x1, x2)
     n, d = x1.shape
     m = x2.shape[0]
     out = x1.new_empty((n, m))
@@ -182,6 +266,7 @@ def gram_triton(
             0 if offset is None else offset,
             degree,
             **const,
+            **near_constants(const, x1.dtype),
             HAS_DIAG=offset is not None,
             INPUT_PRECISION=input_precision(x1.dtype, allow_tf32),
             BLOCK_M=block_m,

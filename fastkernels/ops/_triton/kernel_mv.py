@@ -7,6 +7,13 @@ BLOCK_N-row tiles: per tile it forms the (BLOCK_M, BLOCK_N) tile of K exactly as
 When T > BLOCK_T, the second grid axis splits the right-hand sides and each split recomputes its
 K tiles (cheaper than spilling them for the T <= 64 the solvers use).
 
+The Laplace kernel (Matern nu = 1/2) recomputes the entries of near-duplicate pairs from
+differences inside the kernel, as :mod:`.gram` does (:func:`.gram._exact_near_pairs`). A
+correction in the launcher would need the flagged pairs' indices on the host (a nonzero and a
+stream synchronisation per call, which CUDA graph capture forbids) and a second pass over the
+inputs; in the kernel, a tile without a near-duplicate pays one compare per entry, and only the
+rare tiles with one run the extra loop over D.
+
 The launcher :func:`kernel_mv_triton` takes CUDA tensors, or CPU tensors under
 ``TRITON_INTERPRET=1``.
 """
@@ -17,7 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import check_finite, check_tensors, resolve_offset
+from .._common import center_inputs, check_finite, check_points, check_tensors, resolve_offset
 from ._common import (
     _epilogue,
     _tile_terms,
@@ -28,6 +35,7 @@ from ._common import (
     launch_device,
     params_tensor,
 )
+from .gram import _exact_near_pairs, near_constants
 
 __all__ = ["kernel_mv_triton", "_kernel_mv_kernel"]
 
@@ -64,6 +72,8 @@ def _kernel_mv_kernel(
     DEPTH: tl.constexpr,
     TRAINABLE: tl.constexpr,
     HAS_DIAG: tl.constexpr,
+    EXACT_NEAR: tl.constexpr,
+    NEAR_F: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -103,6 +113,11 @@ def _kernel_mv_kernel(
             s, n1, n2, same, D, gamma, coef0, degree,
             KERNEL, NU2, ORDER, ARCH, DEPTH, TRAINABLE, HAS_DIAG,
         )
+        if EXACT_NEAR:
+            k = _exact_near_pairs(
+                k, s, n1, n2, same, x1_ptr, x2_ptr, offs_m, offs_n, N, M, D,
+                stride_x1n, stride_x1d, stride_x2m, stride_x2d, gamma, HAS_DIAG, NEAR_F,
+            )
         # Padded columns have finite kernel values (zero norms); v loads 0 there too, but an
         # explicit zero keeps the padding out of the sum whatever the epilogue gives.
         k = tl.where(offs_n[None, :] < M, k, 0.0)
@@ -173,8 +188,12 @@ def kernel_mv_triton(
     """
     check_tensors(OP, x1, x2, v, diag_offset=diag_offset)
     const, gamma, coef0, degree = epilogue_constants(OP, kernel, params)
-    check_finite(OP, x1=x1, x2=x2, v=v)
+    check_points(OP, x1=x1, x2=x2)
+    check_finite(OP, v=v)
     offset = resolve_offset(x1, x2, diag_offset)
+    # Translation-invariant kernels run on shifted copies: the tile's n1 + n2 - 2 s cancels for
+    # data far from the origin (see fastkernels.ops._common.center_inputs).
+    x1, x2 = center_inputs(kernel, x1, x2)
     n, d = x1.shape
     m, t = v.shape
     out = x1.new_empty((n, t))
@@ -202,6 +221,7 @@ def kernel_mv_triton(
             0 if offset is None else offset,
             degree,
             **const,
+            **near_constants(const, x1.dtype),
             HAS_DIAG=offset is not None,
             INPUT_PRECISION=input_precision(x1.dtype, allow_tf32),
             BLOCK_M=block_m,
