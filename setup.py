@@ -36,6 +36,8 @@ def _extensions():
         "csrc/epilogue.cpp",
         "csrc/gram.cpp",
         "csrc/kernel_mv.cpp",
+        "csrc/kernel_normal_mv.cpp",
+        "csrc/dense_mv.cpp",
         "csrc/ntk_gram.cpp",
         "csrc/ntk_mv.cpp",
     ]
@@ -44,7 +46,8 @@ def _extensions():
         sources,
         # Headers and the per-ISA body: an edit there alone must rebuild the extension too.
         depends=["csrc/kernel_common.h", "csrc/ntk_common.h", "csrc/epilogue_body.inc"],
-        # -fno-math-errno / -fno-trapping-math let sqrt and selects vectorise (as in torch); OpenMP for at::parallel_for and `omp simd`.
+        # -fno-math-errno / -fno-trapping-math let sqrt and selects vectorise (as in torch);
+        # OpenMP for at::parallel_for and `omp simd`.
         extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"],
         extra_link_args=["-fopenmp"],
         # A failed build leaves a working pure-Python install unless the extension is required.

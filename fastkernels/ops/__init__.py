@@ -5,8 +5,8 @@ implementations are registered per device on the same op name, so callers just c
 ``torch.ops.fastkernels.<op>`` (or the thin wrappers here) and the dispatcher picks:
 
 - CPU tensors: the C++ kernels of ``fastkernels._C`` (``csrc/``) when the extension was built
-  (``gram`` / ``kernel_mv`` for the kernels in :data:`CPP_KERNELS`; ``ntk_gram`` / ``ntk_mv``
-  always); otherwise the reference;
+  (``gram`` / ``kernel_mv`` / ``kernel_normal_mv`` for the kernels in :data:`CPP_KERNELS`;
+  ``ntk_gram`` / ``ntk_mv`` always); otherwise the reference;
 - CUDA tensors: the Triton kernels of :mod:`fastkernels.ops._triton` when ``triton`` imports;
   otherwise the reference;
 - any other device: the reference.
@@ -25,16 +25,20 @@ from .gram import gram as _gram_op
 from .gram import gram_reference
 from .kernel_mv import kernel_mv as _kernel_mv_op
 from .kernel_mv import kernel_mv_reference
+from .kernel_normal_mv import kernel_normal_mv as _kernel_normal_mv_op
+from .kernel_normal_mv import kernel_normal_mv_reference
 from .ntk_gram import ntk_gram, ntk_gram_reference
 from .ntk_mv import ntk_mv, ntk_mv_reference
 
 __all__ = [
     "gram",
     "kernel_mv",
+    "kernel_normal_mv",
     "ntk_gram",
     "ntk_mv",
     "gram_reference",
     "kernel_mv_reference",
+    "kernel_normal_mv_reference",
     "ntk_gram_reference",
     "ntk_mv_reference",
     "pack_params",
@@ -70,6 +74,16 @@ if HAS_CPP:
             return torch.ops.fastkernels._kernel_mv_cpu(x1, x2, v, kernel, params, diag_offset)
         return kernel_mv_reference(x1, x2, v, kernel, params, diag_offset)
 
+    # An extension built before csrc/kernel_normal_mv.cpp existed lacks the op: keep the
+    # reference rather than fail at call time.
+    if hasattr(torch.ops.fastkernels, "_kernel_normal_mv_cpu"):
+
+        @_kernel_normal_mv_op.register_kernel("cpu")
+        def _kernel_normal_mv_cpu(x1, x2, v, kernel, params):
+            if kernel in CPP_KERNELS:
+                return torch.ops.fastkernels._kernel_normal_mv_cpu(x1, x2, v, kernel, params)
+            return kernel_normal_mv_reference(x1, x2, v, kernel, params)
+
     @ntk_gram.register_kernel("cpu")
     def _ntk_gram_cpu(a1, b1, a2, b2):
         return torch.ops.fastkernels._ntk_gram_cpu(a1, b1, a2, b2)
@@ -91,6 +105,7 @@ HAS_TRITON = _load_triton()
 
 if HAS_TRITON:
     from ._triton import gram_triton, kernel_mv_triton, ntk_gram_triton, ntk_mv_triton
+    from ._triton.kernel_normal_mv import kernel_normal_mv_triton
 
     @_gram_op.register_kernel("cuda")
     def _gram_cuda(x1, x2, kernel, params, diag_offset):
@@ -99,6 +114,10 @@ if HAS_TRITON:
     @_kernel_mv_op.register_kernel("cuda")
     def _kernel_mv_cuda(x1, x2, v, kernel, params, diag_offset):
         return kernel_mv_triton(x1, x2, v, kernel, params, diag_offset)
+
+    @_kernel_normal_mv_op.register_kernel("cuda")
+    def _kernel_normal_mv_cuda(x1, x2, v, kernel, params):
+        return kernel_normal_mv_triton(x1, x2, v, kernel, params)
 
     @ntk_gram.register_kernel("cuda")
     def _ntk_gram_cuda(a1, b1, a2, b2):
@@ -196,4 +215,34 @@ def kernel_mv(
         out = _keops.kernel_mv(x1, x2, vv, kernel, params, diag_offset)
     else:
         out = torch.ops.fastkernels.kernel_mv(x1, x2, vv, kernel, params, diag_offset)
+    return out[:, 0] if vec else out
+
+
+def kernel_normal_mv(
+    x1: Tensor, x2: Tensor, v: Tensor, kernel: str = "rbf", params=(1.0,)
+) -> Tensor:
+    """``K^T (K v)`` with ``K = k(x1, x2)`` through ``torch.ops.fastkernels.kernel_normal_mv``.
+
+    One pass over the rows of x1; K is never stored (the Nystrom solvers' normal product).
+
+    Parameters
+    ----------
+    x1 : Tensor, shape (N, D), float32 or float64
+        The data rows.
+    x2 : Tensor, shape (M, D), same dtype and device
+        The centres.
+    v : Tensor, shape (M,) or (M, T), dtype of x1 or float64, same device
+    kernel : str
+        A name in :data:`KERNEL_NAMES`.
+    params : sequence of float
+        Packed parameters (see :func:`pack_params`).
+
+    Returns
+    -------
+    Tensor, shape (M,) or (M, T) following ``v``, dtype of v
+        Summed over the rows of x1 in float64 (see :mod:`fastkernels.ops.kernel_normal_mv`).
+    """
+    vec = isinstance(v, Tensor) and v.dim() == 1
+    vv = v[:, None] if vec else v
+    out = torch.ops.fastkernels.kernel_normal_mv(x1, x2, vv, kernel, [float(p) for p in params])
     return out[:, 0] if vec else out
