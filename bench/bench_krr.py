@@ -5,7 +5,11 @@ X ~ N(0, I_D), y = sin(<w, x> / sqrt(D)) + 0.1 noise, test MSE on 2000 fresh poi
 
 - ``fastkernels-auto`` / ``-cholesky`` / ``-cg`` / ``-nystrom``: :class:`KernelRidge` with that
   solver (auto picks exact CG on the dense float32 Gram at N = 20000);
-- ``sklearn``: ``sklearn.kernel_ridge.KernelRidge`` (float64 Gram + LAPACK solve);
+- ``sklearn``: ``sklearn.kernel_ridge.KernelRidge`` (float64 Gram + LAPACK solve) in a child
+  process on as many BLAS threads as torch uses here; skipped, saying so, when its BLAS crashes
+  on that many (scipy's bundled OpenBLAS segfaults at N = 20000 on 2 threads);
+- ``sklearn-1thread`` / ``fastkernels-auto-1thread``: both on one thread, the setting both can
+  run (a baseline on fewer threads than ours is no baseline);
 - ``torch-cholesky``: float64 Gram by the library's kernel, then ``torch.linalg.cholesky``;
 - ``fastkernels-keops``: :class:`KernelRidge` with ``solver="cg", backend="keops"`` (our
   preconditioned CG, every product a KeOps reduction);
@@ -49,10 +53,12 @@ N_TEST, RIDGE = 2000, 0.1
 GAMMA = 1.0 / D
 PROVIDERS = [
     "fastkernels-auto",
+    "fastkernels-auto-1thread",
     "fastkernels-cholesky",
     "fastkernels-cg",
     "fastkernels-nystrom",
     "sklearn",
+    "sklearn-1thread",
     "torch-cholesky",
     "fastkernels-keops",
     "pykeops",
@@ -101,16 +107,22 @@ def _fastkernels(solver: str):
         verbose=False,
         **kwargs,
     ).fit(X, Y)
+    _record_status(model.solver_info_)
     return model.predict(Xt), model.solver_info_["iterations"]
 
 
-def _sklearn():
-    # scikit-learn runs in a child process: at N = 20000 scipy's bundled multi-threaded OpenBLAS
-    # (0.3.31 here) segfaults in the Cholesky solve, with or without torch in the process. When
-    # the child crashes it is run again with OPENBLAS_NUM_THREADS=1, which works but is slower;
-    # extra_info["sklearn_blas_threads"] records which run produced the result. The time
-    # includes the child's start and imports (1-2 s; and a crashed first attempt); the child's
-    # own fit + predict time is extra_info["inner_s"].
+def _record_status(info: dict) -> None:
+    """The solve's status, shown next to its time (extra_info["status"])."""
+    word = "converged" if info["converged"] else "NOT CONVERGED"
+    _INNER["status"] = f"{word} ({info['solver']}, residual {info['final_residual']:.1e})"
+
+
+def _sklearn(threads: int):
+    # scikit-learn runs in a child process whose BLAS (scipy's and numpy's bundled OpenBLAS)
+    # gets ``threads`` threads. A child killed by a signal (the OpenBLAS segfault at N = 20000
+    # on 2 threads) is a skip that says so: the comparison is then sklearn-1thread against
+    # fastkernels-auto-1thread. The time includes the child's start and imports (1-2 s); the
+    # child's own fit + predict time is extra_info["inner_s"].
     import subprocess
     import sys
     import tempfile
@@ -128,20 +140,34 @@ def _sklearn():
         "np.save(sys.argv[2], p)\n"
         "print(time.perf_counter() - t)\n"
     )
+    env = {**os.environ, **{k: str(threads) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}}
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = f"{tmp}/in.npz", f"{tmp}/out.npy"
         np.savez(inp, X=X.numpy(), Y=Y.numpy(), Xt=Xt.numpy())
         cmd = [sys.executable, "-c", code, inp, out]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        _INNER["threads"] = "default"
-        if res.returncode < 0:  # killed by a signal (the OpenBLAS segfault)
-            env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            _INNER["threads"] = 1
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if res.returncode < 0:
+            pytest.skip(
+                f"scikit-learn's BLAS crashed on {threads} threads (signal {-res.returncode}); "
+                "compare sklearn-1thread with fastkernels-auto-1thread"
+            )
         if res.returncode != 0:
             raise RuntimeError(f"scikit-learn child failed ({res.returncode}): {res.stderr[-500:]}")
         _INNER["s"] = float(res.stdout.strip().splitlines()[-1])
+        _INNER["threads"] = threads
         return np.load(out), 0
+
+
+def _one_thread(fn):
+    def run():
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(n)
+
+    return run
 
 
 def _torch_cholesky():
@@ -164,6 +190,7 @@ def _fastkernels_keops():
         backend="keops",
         verbose=False,
     ).fit(X, Y)
+    _record_status(model.solver_info_)
     return model.predict(Xt), model.solver_info_["iterations"]
 
 
@@ -223,7 +250,9 @@ RUNNERS = {
     "fastkernels-cholesky": lambda: _fastkernels("cholesky"),
     "fastkernels-cg": lambda: _fastkernels("cg"),
     "fastkernels-nystrom": lambda: _fastkernels("nystrom"),
-    "sklearn": _sklearn,
+    "fastkernels-auto-1thread": _one_thread(lambda: _fastkernels("auto")),
+    "sklearn": lambda: _sklearn(torch.get_num_threads()),
+    "sklearn-1thread": lambda: _sklearn(1),
     "torch-cholesky": _torch_cholesky,
     "fastkernels-keops": _fastkernels_keops,
     "pykeops": _pykeops,
@@ -232,7 +261,7 @@ RUNNERS = {
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_krr(benchmark, provider):
-    if provider == "sklearn" and importlib.util.find_spec("sklearn") is None:
+    if provider.startswith("sklearn") and importlib.util.find_spec("sklearn") is None:
         pytest.skip("scikit-learn is not installed")
     if provider in ("pykeops", "fastkernels-keops") and importlib.util.find_spec("pykeops") is None:
         pytest.skip("pykeops is not installed")
@@ -261,8 +290,87 @@ def test_krr(benchmark, provider):
             "rel_mse_vs_cholesky": rel,
         }
     )
-    if provider == "sklearn":
+    if provider.startswith("sklearn"):
         benchmark.extra_info["inner_s"] = _INNER["s"]
-        benchmark.extra_info["sklearn_blas_threads"] = _INNER["threads"]
+    benchmark.extra_info["threads"] = (
+        _INNER["threads"] if provider.startswith("sklearn")
+        else 1 if provider.endswith("1thread") else torch.get_num_threads()
+    )  # fmt: skip
+    status = _INNER.pop("status", None)
+    if status is not None:
+        benchmark.extra_info["status"] = status
+        assert status.startswith("converged"), f"{provider}: {status}"
     if provider != "fastkernels-nystrom":  # Nystrom is an approximation by design
         assert rel < 1e-3, f"{provider}: test MSE {mse:.6g} vs exact {ref:.6g} (rel {rel:.2e})"
+
+
+# -- Nystrom at scale ------------------------------------------------------------------------
+# KernelRidge(kernel=RBF(0.5), ridge=1e-3, solver="nystrom", n_centers=M) on n points of
+# N(0, I_d / d) (unit expected norm: the kernel's values spread over (0, 1)) with
+# y = sin(3 <w, x>) + 0.1 noise, in float32 tiles under the default 4 GiB budget:
+#
+# - ``fit``: the whole fit (centres, preconditioner, float64 right-hand side, iterations with
+#   the fused kernel_normal_mv pass, float64 residual checks); extra_info has the status,
+#   iterations, residual, cached bytes and the peak resident memory above the data;
+# - ``pass-fused`` / ``pass-two-gemm``: one K_nM^T (K_nM V) pass over all n rows without a
+#   cache (V: M x 1), by the fused op in float64 accumulation, and by the former Gram tiles +
+#   two float32 GEMMs per tile.
+#
+# Sizes: small (CI smoke test) n = 20000, M = 300; full n = 10^6, d = 30, M = 3000.
+SCALE_SIZES = {"small": (20_000, 30, 300), "full": (1_000_000, 30, 3000)}
+SCALE_N, SCALE_D, SCALE_M = SCALE_SIZES[SIZE]
+SCALE_RIDGE, SCALE_GAMMA = 1e-3, 0.5
+
+
+def _scale_data():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(SCALE_N, SCALE_D, generator=g) / SCALE_D**0.5
+    w = torch.randn(SCALE_D, 1, generator=g)
+    Y = torch.sin(3 * X @ w) + 0.1 * torch.randn(SCALE_N, 1, generator=g)
+    return X.double(), Y.double()
+
+
+@pytest.mark.parametrize("provider", ["fit", "pass-fused", "pass-two-gemm"])
+def test_nystrom_scale(benchmark, provider):
+    from fastkernels._resources import measure
+    from fastkernels.solvers import KernelOperator
+
+    X, Y = _scale_data()
+    benchmark.group = f"nystrom rbf n={SCALE_N} d={SCALE_D} M={SCALE_M}"
+    k = RBF(gamma=SCALE_GAMMA)
+    out = {}
+    if provider == "fit":
+
+        def run():
+            model = KernelRidge(kernel=k, ridge=SCALE_RIDGE, solver="nystrom",
+                                n_centers=SCALE_M, verbose=False)  # fmt: skip
+            out["model"], _, out["peak_mib"] = measure(lambda: model.fit(X, Y))
+
+    else:
+        g = torch.Generator().manual_seed(0)
+        Z = X[torch.randperm(SCALE_N, generator=g)[:SCALE_M]]
+        X32, Z32 = X.float(), Z.float()
+        fused = provider == "pass-fused"
+        op = KernelOperator(k, X32, Z32, dtype=torch.float32, cache="none", fused=fused)
+        V = torch.randn(SCALE_M, 1, generator=g, dtype=torch.float64)
+        V = V if fused else V.float()  # the former pass ran in float32
+
+        def run():
+            out["r"] = op.normal_mv(V)
+
+    benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
+    benchmark.extra_info.update({"n": SCALE_N, "d": SCALE_D, "M": SCALE_M})
+    if provider == "fit":
+        info = out["model"].solver_info_
+        status = "converged" if info["converged"] else "NOT CONVERGED"
+        benchmark.extra_info.update(
+            {
+                "status": status,
+                "iterations": info["iterations"],
+                "final_residual": info["final_residual"],
+                "compute_dtype": info["compute_dtype"],
+                "cached_bytes": info["extra"]["cached_bytes"],
+                "peak_rss_above_data_mib": round(out["peak_mib"], 1),
+            }
+        )
+        assert info["converged"], f"nystrom fit: {status} ({info['stop_reason']})"

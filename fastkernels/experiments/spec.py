@@ -371,6 +371,21 @@ def parse_spec(text_or_data: str | dict, source: str = "<string>") -> SweepSpec:
                 f"a subset of [sweep] n_train {list(n_train)}",
                 list(lspec.n_train),
             )
+    for i, lspec in enumerate(learners, 1):
+        # What the sample counts decide (a budget the solver cannot honour, more centres than
+        # samples) fails here, before a store is created, not in the middle of the sweep.
+        from .. import learners as learners_mod
+
+        est = learners_mod.make_learner(lspec.type, **lspec.params)
+        if hasattr(est, "check_fit_plan"):
+            for n in lspec.n_train or n_train:
+                try:
+                    est.check_fit_plan(int(n))
+                except (ValueError, TypeError) as exc:
+                    raise SpecError(
+                        f"{v.source}: [[learners]] #{i} ({lspec.label!r}) at n_train = {n}: "
+                        f"{_one_line(str(exc))}"
+                    ) from None
     seen: dict[str, int] = {}
     for i, spec in enumerate(learners, 1):
         if spec.label in seen:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -48,15 +49,47 @@ DEFAULT_CG_RANK = 500
 DEFAULT_TOL = 1e-4
 
 
+# compute_dtype="auto" computes the kernel in float64 while the solver's kernel matrix has at
+# most this many entries (a 512 MiB float64 dense Gram at N = 8192, or N M for Nystrom): there
+# float64 costs seconds at most and needs no refinement; beyond, float32 entries with float64
+# accumulation, residuals and refinement (the float64 products then run once per round only).
+AUTO_FLOAT64_ENTRIES = 1 << 26
+COMPUTE_DTYPES = ("auto", "float32", "float64")
+
+
 def default_n_centers(n: int) -> int:
     """Nystrom centres by default: 2 sqrt(N), at least 1000 and at most 3000 (and N)."""
     return int(min(n, max(1000, min(3000, round(2 * math.sqrt(n))))))
 
 
+def cholesky_bytes(n: int) -> int:
+    """Bytes the direct solve holds: the float64 Gram, its shifted copy and the factor."""
+    return 3 * 8 * n * n
+
+
+def nystrom_bytes(m: int, n_outputs: int) -> int:
+    """Bytes of the Nystrom solve's M x M float64 factors and CG state (see nystrom_pcg)."""
+    return 6 * m * m * 8 + 8 * m * n_outputs * 8
+
+
+def _tile_bytes(n: int, m: int, itemsize: int) -> int:
+    """The smallest tile a kernel operator needs (rows x M entries and their temporaries)."""
+    from ..solvers.operators import _TILE_TEMPS, MIN_TILE_ROWS
+
+    return min(n, MIN_TILE_ROWS) * m * itemsize * _TILE_TEMPS
+
+
 def choose_solver(
-    n: int, n_outputs: int, memory_budget: int, ridge: float, compute_itemsize: int = 4
+    n: int,
+    n_outputs: int,
+    memory_budget: int,
+    ridge: float,
+    compute_itemsize: int = 4,
+    n_centers: int | None = None,
 ) -> tuple[str, str]:
     """The solver ``solver="auto"`` picks, with the reason, from N, outputs and the budget.
+
+    Only solvers that fit ``memory_budget`` are candidates, in this order:
 
     - ``"cholesky"`` for N <= max(8000, 20 T) (T outputs) when the float64 Gram and its factor
       (3 N^2 x 8 bytes) fit the budget, and for ridge = 0 (ridgeless interpolation, where CG is
@@ -64,33 +97,49 @@ def choose_solver(
     - ``"cg"`` (exact kernel ridge on the dense Gram, stored in the compute dtype, with a
       Nystrom preconditioner) while N^2 entries fit the budget next to the preconditioner, the
       tiles in flight and the runtime share (:meth:`KernelOperator.dense_fits`);
-    - ``"nystrom"`` (FALKON, approximate) beyond.
+    - ``"nystrom"`` (FALKON, approximate) when its M x M factors and one tile fit;
+    - ``"cg"`` without a stored Gram (every product recomputed, memory-free) when only a tile
+      of kernel rows fits.
 
     Returns
     -------
     (name, reason) : tuple of str
+
+    Raises
+    ------
+    ValueError
+        Not even one tile of kernel rows fits the budget.
     """
-    chol_bytes = 3 * 8 * n * n
+    chol_bytes = cholesky_bytes(n)
     dense_bytes = compute_itemsize * n * n + compute_itemsize * n * DEFAULT_CG_RANK
     pre_bytes = 2 * n * min(n, DEFAULT_CG_RANK) * compute_itemsize
     budget = format_bytes(memory_budget)
-    if chol_bytes <= memory_budget and (
-        n <= max(AUTO_CHOLESKY_MAX_N, 20 * n_outputs) or ridge == 0
-    ):
-        why = (
-            "ridge = 0"
-            if ridge == 0 and n > max(AUTO_CHOLESKY_MAX_N, 20 * n_outputs)
-            else (f"N = {n} <= {max(AUTO_CHOLESKY_MAX_N, 20 * n_outputs)}")
-        )
+    small_n = max(AUTO_CHOLESKY_MAX_N, 20 * n_outputs)
+    if chol_bytes <= memory_budget and (n <= small_n or ridge == 0):
+        why = "ridge = 0" if ridge == 0 and n > small_n else f"N = {n} <= {small_n}"
         return "cholesky", f"{why}; float64 Gram + factor {format_bytes(chol_bytes)} fit {budget}"
     if KernelOperator.dense_fits(n, n, compute_itemsize, memory_budget, pre_bytes):
         return "cg", (
             f"N = {n}: dense Gram {format_bytes(dense_bytes)} fits {budget}; exact kernel ridge "
             "by Nystrom-preconditioned CG"
         )
-    return "nystrom", (
-        f"N = {n}: dense Gram {format_bytes(dense_bytes)} with its tiles, preconditioner and "
-        f"runtime share exceeds {budget}; Nystrom approximation by FALKON-preconditioned CG"
+    m = default_n_centers(n) if n_centers is None else min(n_centers, n)
+    small = nystrom_bytes(m, n_outputs)
+    if small + _tile_bytes(n, m, compute_itemsize) < memory_budget:
+        return "nystrom", (
+            f"N = {n}: dense Gram {format_bytes(dense_bytes)} with its tiles, preconditioner and "
+            f"runtime share exceeds {budget}; Nystrom approximation ({m} centres) by "
+            "FALKON-preconditioned CG"
+        )
+    if _tile_bytes(n, n, max(compute_itemsize, 8)) <= memory_budget:
+        return "cg", (
+            f"N = {n}: neither the dense Gram nor {m} Nystrom centres' factors "
+            f"({format_bytes(small)}) fit {budget}; exact kernel ridge by CG with every product "
+            "recomputed (memory-free, slow)"
+        )
+    raise ValueError(
+        f"KernelRidge: memory_budget {budget} cannot hold one tile of {min(n, 16)} x {n} kernel "
+        f"entries ({format_bytes(_tile_bytes(n, n, 8))}) for N = {n}; raise memory_budget"
     )
 
 
@@ -176,9 +225,14 @@ class KernelRidge(BaseRegressor):
     max_iter : int or None, default None
         Iteration cap of the iterative solvers (None: 1000 for CG, 200 for Nystrom). Stopping
         unconverged warns with a ConvergenceWarning (a RuntimeWarning).
-    compute_dtype : "float32" or "float64", default "float32"
-        Dtype of the kernel evaluations inside the iterative solvers (their recurrences and
-        residual checks run in float64; Cholesky and ``predict`` use ``dtype``).
+    compute_dtype : {"auto", "float32", "float64"}, default "auto"
+        Dtype of the kernel evaluations inside the iterative solvers. Their recurrences, the
+        preconditioners' small factors and the products' accumulation run in float64 whatever
+        it is, and with float32 entries the residual is measured with float64 kernel products
+        and the solution refined until that residual is below ``tol`` (falling back to a
+        float64 solve from there when float32 entries are too coarse for a small ridge).
+        ``"auto"``: float64 when the solver's kernel matrix has at most 2^26 entries (N^2 for
+        CG, N M for Nystrom), float32 beyond. Cholesky and ``predict`` use ``dtype``.
     search_size : int, default 4000
         The hyperparameter search (ridge and bandwidth grids) runs on a random subsample of at
         most this many training points, always by Cholesky on its validation split; the
@@ -239,7 +293,7 @@ class KernelRidge(BaseRegressor):
         memory_budget=DEFAULT_MEMORY_BUDGET,
         tol: float | None = None,
         max_iter: int | None = None,
-        compute_dtype="float32",
+        compute_dtype="auto",
         search_size: int = 4000,
         warm_start: bool = False,
         verbose: bool = True,
@@ -272,9 +326,17 @@ class KernelRidge(BaseRegressor):
             check_nonnegative_float(self.ridge, name="ridge", where=where)
         for name in ("ridge_grid", "bandwidth_grid"):
             grid = getattr(self, name)
-            if len(grid) == 0 or any(not (isinstance(g, (int, float)) and g > 0) for g in grid):
+            if (
+                isinstance(grid, (str, bytes))
+                or len(grid) == 0
+                or any(
+                    isinstance(g, bool)
+                    or not (isinstance(g, (int, float)) and math.isfinite(g) and g > 0)
+                    for g in grid
+                )
+            ):
                 raise ValueError(
-                    f"{where}: {name} must be a non-empty list of numbers > 0, got {grid!r}"
+                    f"{where}: {name} must be a non-empty list of finite numbers > 0, got {grid!r}"
                 )
         resolve_dtype(self.dtype, where=where)
         if isinstance(self.kernel, str):
@@ -303,7 +365,8 @@ class KernelRidge(BaseRegressor):
                 raise ValueError(f"{where}: tol must be in (0, 1), got {self.tol!r}")
         if self.max_iter is not None:
             check_positive_int(self.max_iter, name="max_iter", where=where)
-        resolve_dtype(self.compute_dtype, name="compute_dtype", where=where)
+        if not (isinstance(self.compute_dtype, str) and self.compute_dtype == "auto"):
+            resolve_dtype(self.compute_dtype, name="compute_dtype", where=where)
         check_positive_int(self.search_size, name="search_size", where=where)
         if self.search_size < 2:
             raise ValueError(f"{where}: search_size must be >= 2, got {self.search_size}")
@@ -316,6 +379,99 @@ class KernelRidge(BaseRegressor):
         params = base.params()
         return [type(base)(**{**params, attr: g0 * m}) for m in self.bandwidth_grid]
 
+    def _compute_dtype(self, entries: int) -> torch.dtype:
+        """The kernel dtype of an iterative solve whose kernel matrix has ``entries`` entries."""
+        if isinstance(self.compute_dtype, str) and self.compute_dtype == "auto":
+            return torch.float64 if entries <= AUTO_FLOAT64_ENTRIES else torch.float32
+        return resolve_dtype(self.compute_dtype, name="compute_dtype", where="KernelRidge")
+
+    def check_fit_plan(self, n: int, n_outputs: int = 1, ridge: float | None = None) -> dict:
+        """The solver, compute dtype and centres a fit on ``n`` samples would use, or the error.
+
+        Everything that can be decided from the parameters and the sizes is checked here, so
+        that :meth:`fit` (and a sweep, for each of its sample counts) fails before any work:
+        a budget the chosen solver cannot honour, ``n_centers`` > N, and the parameter checks
+        of :meth:`check_params`.
+
+        Parameters
+        ----------
+        n : int
+            Training samples.
+        n_outputs : int, default 1
+        ridge : float, optional
+            The absolute ridge, when known (it only matters when it is 0: ``"auto"`` then
+            prefers Cholesky). Default: ``self.ridge`` (any grid value counts as positive).
+
+        Returns
+        -------
+        dict
+            ``solver``, ``reason``, ``compute_dtype`` (torch.dtype of the kernel entries of an
+            iterative solve), ``n_centers`` (Nystrom centres or CG preconditioner rank).
+
+        Raises
+        ------
+        ValueError
+            The plan cannot run (the message names the parameter and the numbers).
+        """
+        where = "KernelRidge"
+        self.check_params()
+        budget = parse_bytes(self.memory_budget, where=where)
+        if ridge is None:
+            ridge = 1.0 if self.ridge == "auto" else float(self.ridge)
+        solver, reason = self.solver, "requested"
+        m = None
+        too_many = self.n_centers is not None and self.n_centers > n
+
+        def centres_error(what):
+            return ValueError(
+                f"{where}: n_centers = {self.n_centers} ({what}) is more than the N = {n} "
+                "training samples; use at most N (or solver='cg' / 'cholesky' for exact kernel "
+                "ridge)"
+            )
+
+        if solver == "cg" and too_many:
+            raise centres_error("the CG preconditioner's rank")
+        if solver == "auto":
+            itemsize = torch.finfo(self._compute_dtype(n * n)).bits // 8
+            solver, reason = choose_solver(
+                n, n_outputs, budget, ridge, itemsize, n_centers=self.n_centers
+            )
+        if solver == "cholesky":
+            need = cholesky_bytes(n)
+            if need > budget:
+                raise ValueError(
+                    f"{where}: solver='cholesky' holds the float64 Gram and its factor "
+                    f"({format_bytes(need)} for N = {n}), more than memory_budget "
+                    f"{format_bytes(budget)}; raise memory_budget or use solver='auto'"
+                )
+            cdtype = resolve_dtype(self.dtype, where=where)
+        elif solver == "nystrom":
+            if too_many:
+                raise centres_error("Nystrom centres")
+            m = self.n_centers if self.n_centers is not None else default_n_centers(n)
+            cdtype = self._compute_dtype(n * m)
+            itemsize = torch.finfo(cdtype).bits // 8
+            need = nystrom_bytes(m, n_outputs) + _tile_bytes(n, m, itemsize)
+            if need >= budget:
+                raise ValueError(
+                    f"{where}: memory_budget {format_bytes(budget)} cannot hold the {m} x {m} "
+                    f"Nystrom factors and one tile of kernel rows ({format_bytes(need)}); "
+                    "raise memory_budget or lower n_centers"
+                )
+        else:  # cg
+            cdtype = self._compute_dtype(n * n)
+            explicit = self.solver == "cg" and self.n_centers is not None
+            m = min(n, self.n_centers if explicit else DEFAULT_CG_RANK)
+            # The float64 residual products of a float32 solve need their own tile.
+            need = _tile_bytes(n, n, 8)
+            if need > budget:
+                raise ValueError(
+                    f"{where}: memory_budget {format_bytes(budget)} cannot hold one tile of "
+                    f"{min(n, 16)} x {n} kernel entries ({format_bytes(need)}); raise "
+                    "memory_budget"
+                )
+        return {"solver": solver, "reason": reason, "compute_dtype": cdtype, "n_centers": m}
+
     def fit(self, X, Y) -> KernelRidge:
         """Fit on X (N, D) and Y (N,) or (N, k); returns self.
 
@@ -323,7 +479,8 @@ class KernelRidge(BaseRegressor):
         ------
         ValueError
             Bad parameters or input (NaN/inf in X or Y, ...), ``n_centers`` > N, or a
-            ``memory_budget`` too small for one tile.
+            ``memory_budget`` the solver cannot honour: all before any kernel is evaluated
+            (see :meth:`check_fit_plan`).
         torch.linalg.LinAlgError
             Cholesky with ridge = 0 on a kernel that is not strictly positive definite, even
             after the jitter retries (a warning names the jitter when a retry succeeds).
@@ -334,6 +491,7 @@ class KernelRidge(BaseRegressor):
         previous = self._warm_state()
         X, Y = self._check_fit_input(X, Y, dtype=dtype, device=self.device)
         n = len(X)
+        plan = self.check_fit_plan(n, Y.shape[1])  # before the search: fail fast
         search_X, search_Y, n_search = X, Y, None
         if n > self.search_size:
             g = torch.Generator().manual_seed(int(self.random_state) + 31_337)
@@ -346,19 +504,18 @@ class KernelRidge(BaseRegressor):
             kernel, ridge, val_error = self._search(candidates, search_X, search_Y)
         else:
             kernel, ridge, val_error = candidates[0], float(self.ridge), None
+        if ridge == 0 and self.solver == "auto":
+            plan = self.check_fit_plan(n, Y.shape[1], ridge=ridge)
         budget = parse_bytes(self.memory_budget, where="KernelRidge")
-        cdtype = resolve_dtype(self.compute_dtype, name="compute_dtype", where="KernelRidge")
-        solver, reason = self.solver, "requested"
-        if solver == "auto":
-            solver, reason = choose_solver(
-                n, Y.shape[1], budget, ridge, torch.finfo(cdtype).bits // 8
-            )
-            if self.verbose:
-                print(f"KernelRidge: solver={solver!r} ({reason})", file=sys.stderr)
+        solver, reason, cdtype = plan["solver"], plan["reason"], plan["compute_dtype"]
+        if self.solver == "auto" and self.verbose:
+            print(f"KernelRidge: solver={solver!r} ({reason})", file=sys.stderr)
         self.centers_ = None
         if solver == "cholesky":
             K = kernel(X, X)
-            self.dual_coef_, info = cholesky(K, Y, ridge, dtype=dtype, return_info=True)
+            self.dual_coef_, info = cholesky(
+                K, Y, ridge, dtype=dtype, return_info=True, tol=self.tol or DEFAULT_TOL
+            )
             del K
         elif solver == "cg":
             self.dual_coef_, info = self._fit_cg(kernel, X, Y, ridge, budget, cdtype, previous)
@@ -405,11 +562,6 @@ class KernelRidge(BaseRegressor):
         # cost CG more setup (N M^2) than they save in iterations.
         explicit = self.solver == "cg" and self.n_centers is not None
         rank = min(n, self.n_centers if explicit else DEFAULT_CG_RANK)
-        if explicit and self.n_centers > n:
-            raise ValueError(
-                f"KernelRidge: n_centers = {self.n_centers} (the CG preconditioner's rank) is "
-                f"more than the N = {n} samples"
-            )
         pre_bytes = 2 * n * rank * itemsize
         # Without room for the preconditioner's N x rank factor, run plain CG.
         use_pre = pre_bytes <= budget // 2
@@ -436,23 +588,83 @@ class KernelRidge(BaseRegressor):
         if self._warm_start_for(previous, kernel, X, "cg"):
             x0 = torch.zeros_like(Y)
             x0[: len(previous["coef"])] = previous["coef"].to(Y.dtype)
-        coef, info = cg(
-            op,
-            Y,
-            ridge,
-            x0=x0,
-            preconditioner=pre,
-            tol=self.tol or DEFAULT_TOL,
-            max_iter=self.max_iter or min(n, 1000),
-            verbose=self.verbose,
-            desc=f"KernelRidge cg (N={n})",
-        )
+        exact = None
+        if cdtype != torch.float64:
+            # Float64 products (memory-free) measure the residual and drive the refinement.
+            exact = KernelOperator(
+                kernel,
+                X.to(torch.float64),
+                dtype=torch.float64,
+                memory_budget=budget,
+                cache="none",
+                reserved_bytes=0,
+                backend="auto",
+            )
+        tol = self.tol or DEFAULT_TOL
+        max_iter = self.max_iter or min(n, 1000)
+        desc = f"KernelRidge cg (N={n})"
+        with warnings.catch_warnings(record=exact is not None) as caught:
+            if exact is not None:
+                # Recorded, and re-issued below unless the float64 fallback supersedes them.
+                warnings.simplefilter("always")
+            coef, info = cg(
+                op,
+                Y,
+                ridge,
+                x0=x0,
+                preconditioner=pre,
+                tol=tol,
+                max_iter=max_iter,
+                verbose=self.verbose,
+                desc=desc,
+                exact_op=exact,
+            )
+        fallback = None
+        if exact is not None and not info.converged and info.iterations < max_iter:
+            # Float32 entries cannot resolve this system (a tiny ridge): go on in float64 from
+            # the best solution so far, with the float64 Gram when it fits, else memory-free.
+            first = info
+            dense64 = KernelOperator.dense_fits(n, n, 8, budget, 0)
+            del op
+            op64 = KernelOperator(
+                kernel,
+                X.to(torch.float64),
+                dtype=torch.float64,
+                memory_budget=budget,
+                cache="dense" if dense64 else "none",
+            )
+            if pre is not None:
+                g = torch.Generator().manual_seed(int(self.random_state))
+                pre = NystromPreconditioner(op64, ridge, rank, generator=g, dtype=torch.float64)
+            coef, info = cg(
+                op64,
+                Y,
+                ridge,
+                x0=coef,
+                preconditioner=pre,
+                tol=tol,
+                max_iter=max_iter,
+                verbose=self.verbose,
+                desc=desc + " float64",
+            )
+            info.iterations += first.iterations
+            info.residuals = first.residuals + info.residuals[1:]
+            info.true_residuals = first.true_residuals + [
+                (i + first.iterations, r) for i, r in info.true_residuals[1:]
+            ]
+            fallback = f"float64 after float32 refinement stopped at {first.final_residual:.2e}"
+            info.time_s += first.time_s
+            info.compute_dtype = "float32+float64"
+        elif exact is not None:
+            for w in caught:  # the float32 solve's own warnings, not superseded by a fallback
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         info.extra.update(
             {
                 "dense_gram": dense,
                 "preconditioner_rank": pre.rank if pre is not None else 0,
                 "warm_start": x0 is not None,
                 "memory_budget": budget,
+                "fallback": fallback,
             }
         )
         return coef, info
@@ -460,31 +672,46 @@ class KernelRidge(BaseRegressor):
     def _fit_nystrom(self, kernel, X, Y, ridge, budget, cdtype, previous):
         n = len(X)
         m = self.n_centers if self.n_centers is not None else default_n_centers(n)
-        if m > n:
-            raise ValueError(
-                f"KernelRidge: n_centers = {m} is more than the N = {n} training samples; "
-                "use at most N centres (or solver='cg' / 'cholesky' for exact kernel ridge)"
-            )
         centers, x0 = None, None
         if self._warm_start_for(previous, kernel, X, "nystrom") and len(previous["coef"]) == m:
             centers, x0 = previous["centers"], previous["coef"]
         g = torch.Generator().manual_seed(int(self.random_state))
-        res = nystrom_pcg(
-            kernel,
-            X,
-            Y,
-            ridge,
-            n_centers=m,
-            centers=centers,
-            x0=x0,
+        kw = dict(
             tol=self.tol or DEFAULT_TOL,
             max_iter=self.max_iter or 200,
             memory_budget=budget,
-            dtype=cdtype,
-            generator=g,
             verbose=self.verbose,
         )
+        with warnings.catch_warnings(record=cdtype != torch.float64) as caught:
+            if cdtype != torch.float64:
+                warnings.simplefilter("always")  # re-issued below unless superseded
+            res = nystrom_pcg(
+                kernel, X, Y, ridge, n_centers=m, centers=centers, x0=x0, dtype=cdtype,
+                generator=g, **kw,
+            )  # fmt: skip
+        fallback = None
+        first = res.info
+        if cdtype != torch.float64 and not first.converged and first.iterations < kw["max_iter"]:
+            # The float32 tiles cannot resolve this system (refinement stalled: a tiny ridge
+            # against an ill-conditioned K_MM): go on with float64 tiles from where it stopped,
+            # with the same centres.
+            res = nystrom_pcg(
+                kernel, X, Y, ridge, centers=res.centers, x0=res.coef, dtype=torch.float64, **kw
+            )  # fmt: skip
+            info = res.info
+            info.iterations += first.iterations
+            info.residuals = first.residuals + info.residuals[1:]
+            info.true_residuals = first.true_residuals + [
+                (i + first.iterations, r) for i, r in info.true_residuals[1:]
+            ]
+            info.time_s += first.time_s
+            info.compute_dtype = "float32+float64"
+            fallback = f"float64 after float32 refinement stopped at {first.final_residual:.2e}"
+        else:
+            for w in caught or ():
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         res.info.extra["warm_start"] = x0 is not None
+        res.info.extra["fallback"] = fallback
         self.centers_ = res.centers
         return res.coef, res.info
 

@@ -76,7 +76,7 @@ class NTKRegressor(BaseRegressor):
         memory_budget=DEFAULT_MEMORY_BUDGET,
         tol: float | None = None,
         max_iter: int | None = None,
-        compute_dtype="float32",
+        compute_dtype="auto",
         search_size: int = 4000,
         verbose: bool = True,
     ):
@@ -130,6 +130,18 @@ class NTKRegressor(BaseRegressor):
             validation_fraction=self.validation_fraction,
             **self._solver_params(),
         ).check_params()
+
+    def check_fit_plan(self, n: int, n_outputs: int = 1) -> dict:
+        """The kernel ridge solve's plan for ``n`` samples, or the error it would raise
+        (see :meth:`KernelRidge.check_fit_plan`)."""
+        self.check_params()
+        return KernelRidge(
+            kernel="linear",
+            ridge=self.ridge,
+            ridge_grid=self.ridge_grid,
+            validation_fraction=self.validation_fraction,
+            **self._solver_params(),
+        ).check_fit_plan(n, n_outputs)
 
     def fit(self, X, Y) -> NTKRegressor:
         """Fit on X (N, d), Y (N,) or (N, k); returns self."""

@@ -61,8 +61,22 @@ class SolverInfo:
         The tolerance asked for.
     time_s : float
         Wall time of the solve, setup (Gram, preconditioner) included.
+    jitter : float
+        Diagonal jitter the solve added to a matrix it factorised (Cholesky: to K + ridge I, so
+        a non-zero value means the system solved differs from the one asked for; Nystrom: to
+        K_MM inside the preconditioner only, which changes the speed, never the solution).
+    compute_dtype : str
+        Dtype the kernel entries were computed in (``"float32"`` or ``"float64"``). With
+        float32 entries and ``exact_check`` the final residual is still measured against the
+        float64 kernel.
+    exact_check : bool
+        Whether ``final_residual`` was measured with float64 kernel products (always for a
+        float64 solve).
+    stop_reason : str
+        Why the solve stopped: ``"converged"``, ``"max_iter"``, ``"stagnated: ..."``,
+        ``"diverged: ..."``, ``"direct"`` (Cholesky), with the cause when it is known.
     extra : dict
-        Solver-specific facts (centres, preconditioner rank, cached bytes, jitter, ...).
+        Solver-specific facts (centres, preconditioner rank, cached bytes, ...).
     """
 
     solver: str
@@ -73,7 +87,16 @@ class SolverInfo:
     final_residual: float = 0.0
     tol: float = 0.0
     time_s: float = 0.0
+    jitter: float = 0.0
+    compute_dtype: str = "float64"
+    exact_check: bool = True
+    stop_reason: str = ""
     extra: dict = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        """One word for reports: ``"converged"`` or ``"NOT CONVERGED"``."""
+        return "converged" if self.converged else "NOT CONVERGED"
 
     def to_dict(self) -> dict:
         """A JSON-able dict of the record."""
@@ -220,12 +243,16 @@ class Progress:
             self.bar.close()
 
 
-def warn_unconverged(where: str, info: SolverInfo, why: str) -> None:
+def warn_unconverged(where: str, info: SolverInfo, why: str, advice: str | None = None) -> None:
+    if advice is None:
+        advice = (
+            "Raise max_iter or the ridge (or n_centers for Nystrom), or loosen tol; the residual "
+            "history is in solver_info_ / info.residuals."
+        )
     warnings.warn(
         f"{where}: NOT CONVERGED after {info.iterations} iterations ({why}): relative residual "
-        f"{info.final_residual:.3g} > tol {info.tol:.3g}; the solution may be inaccurate. Raise "
-        "max_iter or the ridge (or n_centers for Nystrom), or loosen tol; the residual history "
-        "is in solver_info_ / info.residuals.",
+        f"{info.final_residual:.3g} > tol {info.tol:.3g}; the solution may be inaccurate. "
+        + advice,
         ConvergenceWarning,
         stacklevel=3,
     )

@@ -8,7 +8,7 @@ import warnings
 
 import torch
 
-from ._common import SolverInfo
+from ._common import SolverInfo, warn_unconverged
 
 
 def cholesky(
@@ -19,6 +19,7 @@ def cholesky(
     dtype: torch.dtype | None = torch.float64,
     max_tries: int = 6,
     return_info: bool = False,
+    tol: float = 1e-6,
 ) -> torch.Tensor | tuple[torch.Tensor, SolverInfo]:
     """Solve (K + ridge I) C = Y for C.
 
@@ -41,6 +42,11 @@ def cholesky(
     return_info : bool, default False
         Also return a :class:`SolverInfo` (0 iterations, the relative residual of the solve,
         the jitter used), the record the iterative solvers return.
+    tol : float, default 1e-6
+        With ``return_info``: the solve counts as converged only when the relative residual
+        ``||(K + ridge I) C - Y|| / ||Y||`` of the system asked for (without any jitter) is at
+        most ``tol`` (a jittered, singular or non-symmetric K fails this; a ConvergenceWarning
+        says so).
 
     Returns
     -------
@@ -85,18 +91,39 @@ def cholesky(
             C = torch.cholesky_solve(Y.to(A.dtype), L)
             if not return_info:
                 return C.to(Y.dtype)
-            A.diagonal().sub_(jitter)  # the residual of the system asked for, not the jittered one
+            # The residual of the system asked for, with the full (not the lower-triangle) K:
+            # a non-symmetric K is solved as if symmetric and shows here.
+            del L
+            A.diagonal().sub_(jitter)
             b = Y.to(A.dtype)
             res = float(((A @ C - b).norm(dim=0) / b.norm(dim=0).clamp_min(1e-300)).max())
+            if not math.isfinite(res):
+                res = math.inf
             info = SolverInfo(
                 solver="cholesky",
-                converged=True,
+                converged=res <= tol,
                 residuals=[res],
                 true_residuals=[(0, res)],
                 final_residual=res,
+                tol=float(tol),
                 time_s=time.perf_counter() - t_start,
+                jitter=jitter,
+                compute_dtype=str(A.dtype).replace("torch.", ""),
+                stop_reason="direct",
                 extra={"jitter": jitter, "dtype": str(A.dtype).replace("torch.", "")},
             )
+            if not info.converged:
+                why = "direct solve" + (f" with jitter {jitter:.3g}" if jitter else "")
+                if not bool(torch.equal(work, work.mT)):
+                    why += "; K is not symmetric (Cholesky reads its lower triangle)"
+                info.stop_reason = f"direct: residual above tol ({why})"
+                warn_unconverged(
+                    "cholesky",
+                    info,
+                    why,
+                    "Raise the ridge (a singular or indefinite K + ridge I), or check that K is "
+                    "a symmetric positive semidefinite kernel matrix.",
+                )
             return C.to(Y.dtype), info
         jitter = scale * 1e-10 * (10.0**attempt)
     raise torch.linalg.LinAlgError(

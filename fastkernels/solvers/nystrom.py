@@ -21,6 +21,11 @@ from .operators import KernelOperator
 
 __all__ = ["nystrom_pcg", "NystromResult"]
 
+# Multiple of sqrt(M) eps(tile dtype) mean(diag K_MM) added to K_MM inside the preconditioner
+# (see nystrom_pcg): the rounding of the tiles' entries, with room for kernels that lose a few
+# bits in their evaluation.
+JITTER_FACTOR = 4.0
+
 
 @dataclass
 class NystromResult:
@@ -53,12 +58,13 @@ def nystrom_pcg(
     x0: torch.Tensor | None = None,
     tol: float = 1e-6,
     max_iter: int = 200,
-    check_every: int = 10,
+    check_every: int = 20,
     memory_budget=DEFAULT_MEMORY_BUDGET,
     dtype: torch.dtype | None = torch.float32,
     generator: torch.Generator | None = None,
     operator: KernelOperator | None = None,
     verbose: bool = True,
+    exact_check: bool = True,
 ) -> NystromResult:
     """Nystrom kernel ridge by preconditioned CG (FALKON, Rudi, Carratino & Rosasco 2017).
 
@@ -99,8 +105,10 @@ def nystrom_pcg(
         solved by :func:`~fastkernels.solvers.cg` (true-residual checks, best iterate kept);
         three checks without a 2x gain stop it at any level (the tiles' rounding floor).
     max_iter : int, default 200
-    check_every : int, default 10
-        Recompute the true residual (one extra pass) this often; see :func:`cg`.
+    check_every : int, default 20
+        Recompute the true residual (one extra pass) this often; see :func:`cg`. The products
+        are accumulated in float64, so the recurrence drifts slowly and a rare check suffices
+        (convergence is still only declared on a true residual).
     memory_budget : int or str, default 4 GiB
         Bytes for everything the solve holds above the data: the M x M factors (six float64
         M x M matrices at the setup's peak), the tiles in flight, a cache of K_nM tiles and 10%
@@ -114,6 +122,12 @@ def nystrom_pcg(
         A prebuilt K(X, centres) operator to reuse (its cached tiles carry over).
     verbose : bool, default True
         tqdm bar with iteration, residual, ETA.
+    exact_check : bool, default True
+        With tiles below float64: measure the residual with float64 kernel products (one
+        float64 pass over the data for the right-hand side and one per refinement round) and
+        refine the solution until that residual is below ``tol`` (see :func:`cg`'s
+        ``exact_op``), so that ``converged`` and ``final_residual`` refer to the float64 system.
+        False: the residual of the system of the rounded tiles (no float64 pass).
 
     Returns
     -------
@@ -197,16 +211,15 @@ def nystrom_pcg(
     Kmm = kernel(Z.to(work), Z.to(work)).to(work)
     Kmm = (Kmm + Kmm.mT).mul_(0.5)
     # The preconditioner's factor T comes from K_MM + jitter I. The jitter only changes the
-    # preconditioner, never H, so it is chosen for stability: B = T^{-1} A^{-1} scales
-    # directions of K_MM with tiny eigenvalues by up to 1 / sqrt(jitter (N/M jitter + ridge)),
-    # and that gain multiplies the rounding error of the tiles' products K_nM v (relative eps of
-    # the tile dtype). A jitter of sqrt(eps) * ||K_MM|| keeps the amplified rounding below the
-    # signal; FALKON's M * eps * mean diagonal is too small for float32 tiles with a tiny ridge
-    # (measured: the residual grew to 1e4 on an RBF problem with ridge 1e-4, M = 150).
+    # preconditioner, never H. The products are accumulated in float64, so the operator is the
+    # exact K~^T K~ of the tiles' rounded entries K~ = K + E; E (entries ~eps of the tile dtype)
+    # adds to H an eigenvalue floor of about ||E||^2 ~ N M eps^2 mean(k)^2 in every direction,
+    # which the preconditioner's (N / M) jitter^2 must cover: jitter ~ sqrt(M) eps mean(k).
+    # Anything larger (the former sqrt(eps) ||K_MM||, 0.1 and more for float32 tiles) makes the
+    # preconditioner miss every direction of K_MM below it, and CG stalls on them.
     eps = torch.finfo(operator.dtype).eps
-    kmm_norm = _spectral_norm(Kmm)
-    jit = max(m * torch.finfo(work).eps * float(Kmm.diagonal().mean()), eps**0.5 * kmm_norm)
-    # In-place updates keep at most five M x M float64 matrices alive (see `small` above).
+    mean_diag = float(Kmm.diagonal().abs().mean()) or 1.0
+    jit = max(m * torch.finfo(work).eps, JITTER_FACTOR * m**0.5 * eps) * mean_diag
     Kj = Kmm.clone()
     Kj.diagonal().add_(jit)
     Lt, j1 = cholesky_factor(Kj, where)
@@ -233,7 +246,22 @@ def nystrom_pcg(
         v = apply_B(u)
         return apply_Bt(operator.normal_mv(v) + ridge * (Kmm @ v))
 
-    g = apply_Bt(operator.rmatvec(Ym.to(work)))  # B^T K_nM^T Y: one pass over the data
+    exact = None
+    if exact_check and operator.dtype != work:
+        # Float64 kernel products for the residual: the same kernel and points, no cache (its
+        # budget is the operator's; with the fused op it holds no tiles at all).
+        op64 = KernelOperator(
+            kernel, X, Z, dtype=work, memory_budget=budget, cache="none", reserved_bytes=small
+        )
+
+        def W64(u):
+            v = apply_B(u)
+            return apply_Bt(op64.normal_mv(v) + ridge * (Kmm @ v))
+
+        exact = _SmallOperator(W64, m, work)
+        g = apply_Bt(op64.rmatvec(Ym.to(work)))  # B^T K_nM^T Y in float64: one pass
+    else:
+        g = apply_Bt(operator.rmatvec(Ym.to(work)))  # B^T K_nM^T Y: one pass over the data
     u0 = None
     if x0m is not None:
         u0 = Am @ (Tm @ x0m.to(work))  # u = B^{-1} beta0
@@ -254,11 +282,16 @@ def nystrom_pcg(
         desc=where,
         stall_below=1.0,
         stall_gain=0.5,
+        exact_op=exact,
     )
     info.solver = "nystrom"
+    info.jitter = jit + j1
+    info.compute_dtype = str(operator.dtype).replace("torch.", "")
+    info.exact_check = exact is not None or operator.dtype == work
     coef = apply_B(u).to(Ym.dtype)
     info.time_s = time.perf_counter() - t_start
     info.extra = {
+        **info.extra,
         "n_centers": m,
         "jitter": jit + j1,
         "tile_rows": operator.block_rows,

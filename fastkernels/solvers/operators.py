@@ -15,7 +15,7 @@ import torch
 
 from ._common import DEFAULT_MEMORY_BUDGET, format_bytes, parse_bytes
 
-__all__ = ["LinearOperator", "DenseOperator", "KernelOperator", "as_operator"]
+__all__ = ["LinearOperator", "DenseOperator", "KernelOperator", "as_operator", "mm_acc64"]
 
 # The reference kernel formulas hold about this many (rows x M) temporaries at their peak (the
 # inner products, the squared distances, the result, a mask): a tile of b rows costs
@@ -32,6 +32,56 @@ _TILE_ENTRIES = 1 << 24
 _RUNTIME_SHARE = 0.10
 # The smallest tile the blocked products accept; a budget below it is an error, not a crawl.
 MIN_TILE_ROWS = 16
+
+
+# Entries of a float32 block converted to float64 at a time where the compiled product is not
+# available (another device, no extension).
+_CONVERT_BLOCK = 1 << 20
+
+
+def mm_acc64(K: torch.Tensor, V: torch.Tensor, *, mode: str = "mv") -> torch.Tensor:
+    """Products of a float32 (or float64) K with a float64 V, every operation in float64.
+
+    A float32 K is the stored kernel matrix of a mixed-precision solve. A float32 product would
+    round V to float32 and sum N terms in float32, an error of about sqrt(N) eps32 relative to
+    the terms (1e-4 at N = 20000) that differs from call to call, so that CG cannot go below
+    it, and where the terms cancel (the Nystrom system's amplified directions) nothing of the
+    result is left. Here the entries are converted exactly as they are read: the product is
+    that of the float32 matrix, to float64 rounding, the same at every call. On CPU this is the
+    compiled ``_dense_mv_acc64`` (the float32 memory traffic, no float64 copy); elsewhere
+    blocks of K are converted.
+
+    Parameters
+    ----------
+    K : Tensor, shape (N, M), float32 or float64
+    V : Tensor, float64: shape (M, T) for ``"mv"`` and ``"normal"``, (N, T) for ``"rmv"``
+    mode : {"mv", "rmv", "normal"}
+        ``K V``, ``K^T V`` or ``K^T (K V)`` (each row of K read once for both products).
+
+    Returns
+    -------
+    Tensor, float64, shape (N, T) for ``"mv"``, (M, T) otherwise
+    """
+    V = V.to(torch.float64)
+    if K.dtype == torch.float64:
+        if mode == "mv":
+            return K @ V
+        return K.mT @ (K @ V if mode == "normal" else V)
+    code = {"mv": 0, "rmv": 1, "normal": 2}[mode]
+    if K.device.type == "cpu" and hasattr(torch.ops.fastkernels, "_dense_mv_acc64"):
+        return torch.ops.fastkernels._dense_mv_acc64(K, V, code)
+    n, m = K.shape
+    rows = max(1, _CONVERT_BLOCK // max(m, 1))
+    if mode == "mv":
+        out = torch.empty((n, V.shape[1]), dtype=torch.float64, device=K.device)
+        for i0 in range(0, n, rows):
+            out[i0 : i0 + rows] = K[i0 : i0 + rows].to(torch.float64) @ V
+        return out
+    out = torch.zeros((m, V.shape[1]), dtype=torch.float64, device=K.device)
+    for i0 in range(0, n, rows):
+        blk = K[i0 : i0 + rows].to(torch.float64)
+        out += blk.mT @ (blk @ V if mode == "normal" else V[i0 : i0 + rows])
+    return out
 
 
 @runtime_checkable
@@ -61,11 +111,18 @@ class DenseOperator:
         self.dtype, self.device = K.dtype, K.device
 
     def matvec(self, V: torch.Tensor) -> torch.Tensor:
-        """K @ V for V (M, T); the result has V's dtype (the product runs in K's dtype)."""
+        """K @ V for V (M, T); the result has V's dtype.
+
+        A float64 V against a float32 K is accumulated in float64 (:func:`mm_acc64`).
+        """
+        if V.dtype == torch.float64 and self.K.dtype != torch.float64:
+            return mm_acc64(self.K, V)
         return (self.K @ _pad_columns(V.to(self.K.dtype)))[:, : V.shape[1]].to(V.dtype)
 
     def rmatvec(self, V: torch.Tensor) -> torch.Tensor:
-        """K^T @ V for V (N, T)."""
+        """K^T @ V for V (N, T) (float64 V: accumulated in float64)."""
+        if V.dtype == torch.float64 and self.K.dtype != torch.float64:
+            return mm_acc64(self.K, V, mode="rmv")
         return (self.K.mT @ V.to(self.K.dtype)).to(V.dtype)
 
     def normal_mv(self, V: torch.Tensor) -> torch.Tensor:
@@ -114,6 +171,11 @@ class KernelOperator:
         that KeOps expresses, memory-free, so not with ``cache="dense"``. Row tiles and
         columns (:meth:`normal_mv`, :meth:`rmatvec`, :meth:`columns`, e.g. for a
         preconditioner) always come from the Gram op.
+    fused : bool, default True
+        :meth:`normal_mv` computes the rows it does not cache with the fused
+        ``kernel_normal_mv`` op (each row panel of K evaluated once and used for both
+        products in cache) where the op supports the kernel; False: Gram tiles and two
+        products per tile (the former pass, kept for comparison).
 
     Raises
     ------
@@ -136,8 +198,10 @@ class KernelOperator:
         cache: str = "auto",
         reserved_bytes: int = 0,
         backend: str = "auto",
+        fused: bool = True,
     ):
         where = "KernelOperator"
+        self.fused = bool(fused)
         if not callable(kernel) or not hasattr(kernel, "mv"):
             raise TypeError(f"{where}: kernel must be callable with an mv method, got {kernel!r}")
         if cache not in ("auto", "dense", "none"):
@@ -222,6 +286,13 @@ class KernelOperator:
                 f"{format_bytes(self.memory_budget)}; use the memory-free path (cache='auto')"
             )
         n, m = self.shape
+        if self.square and _fast_gram(self.kernel, self.device):
+            # The compiled Gram op writes the matrix tile by tile with no temporaries: one call
+            # over the whole square costs twice the kernel evaluations of the mirrored halves
+            # below but none of their transposed copies, which cost more (strided writes).
+            self.K = self.kernel(self.x1, self.x1).to(self.dtype)
+            self._tiles = []
+            return self.K
         K = torch.empty((n, m), dtype=self.dtype, device=self.device)
         if self.square:
             # Symmetry halves the kernel evaluations: square tiles on and above the diagonal,
@@ -245,8 +316,14 @@ class KernelOperator:
 
     # -- products -----------------------------------------------------------------------------
     def matvec(self, V: torch.Tensor) -> torch.Tensor:
-        """K @ V for V (M, T), result (N, T) in V's dtype; memory-free unless cached dense."""
+        """K @ V for V (M, T), result (N, T) in V's dtype; memory-free unless cached dense.
+
+        With a dense float32 cache and a float64 V the product is accumulated in float64
+        (:func:`mm_acc64`), so that repeated products agree to far below float32 rounding.
+        """
         if self.K is not None:
+            if V.dtype == torch.float64 and self.dtype != torch.float64:
+                return mm_acc64(self.K, V)
             return (self.K @ _pad_columns(V.to(self.dtype)))[:, : V.shape[1]].to(V.dtype)
         if self.backend == "keops":
             out = self.kernel.mv(self.x1, self.x2, V.to(self.dtype), backend="keops")
@@ -260,50 +337,129 @@ class KernelOperator:
         With ``cache="auto"`` the leading tiles are kept as far as the budget allows, so every
         later pass (``normal_mv`` or ``rmatvec``) reads them instead of recomputing them.
         """
-        n, row_bytes = self.shape[0], self.shape[1] * self.itemsize
+        n = self.shape[0]
         for t, i0 in enumerate(range(0, n, self.block_rows)):
             i1 = min(n, i0 + self.block_rows)
             if t < len(self._tiles):
                 yield i0, i1, self._tiles[t]
                 continue
             blk = self._tile(i0, i1)
-            if (
-                self.cache == "auto"
-                and t == len(self._tiles)
-                and self.cached_bytes + (i1 - i0) * row_bytes <= self.cache_bytes
-            ):
+            if self._room_for(t, i1 - i0):
                 self._tiles.append(blk)
             yield i0, i1, blk
 
-    def normal_mv(self, V: torch.Tensor) -> torch.Tensor:
-        """K^T (K V) for V (M, T) in one pass over row tiles; result (M, T) in V's dtype.
+    def _room_for(self, t: int, rows: int) -> bool:
+        """Whether tile ``t`` (the next one not cached) of ``rows`` rows joins the cache."""
+        return (
+            self.cache == "auto"
+            and t == len(self._tiles)
+            and self.cached_bytes + rows * self.shape[1] * self.itemsize <= self.cache_bytes
+        )
 
-        Each tile's partial product runs in the operator's dtype and is accumulated in V's dtype
-        (float64 for the solvers), so rounding does not grow with the number of tiles.
+    def _fused_normal_mv(self):
+        """``f(x1_rows, V) = K(x1_rows, x2)^T (K(x1_rows, x2) V)`` by the fused op, or None.
+
+        The ``kernel_normal_mv`` op evaluates each row panel of K once and uses it for both
+        products while it is in cache (float64 accumulation for a float64 V); available for the
+        kernels the ops implement, on the devices they run on.
+        """
+        from .. import ops
+        from ..kernels import Kernel
+
+        if not self.fused or not isinstance(self.kernel, Kernel) or self.square:
+            return None
+        if not hasattr(ops, "kernel_normal_mv") or self.kernel.name not in ops.KERNEL_NAMES:
+            return None
+        params = self.kernel._op_params(self.x1.shape[1])
+        name, x2 = self.kernel.name, self.x2
+
+        def f(rows: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+            return torch.ops.fastkernels.kernel_normal_mv(rows, x2, V, name, params)
+
+        return f
+
+    def normal_mv(self, V: torch.Tensor) -> torch.Tensor:
+        """K^T (K V) for V (M, T) in one pass over the rows; result (M, T) in V's dtype.
+
+        A float64 V is multiplied in float64 (the float32 entries converted exactly), so the
+        operator is the same symmetric K^T K at every call: the Nystrom system's products
+        cancel heavily in the directions its preconditioner amplifies, where float32 sums
+        would leave noise of ~eps32 |K| |V| (the old floor of the solver). Cached tiles are
+        read; the other rows go through the fused ``kernel_normal_mv`` op (one pass, each
+        panel used for both products in cache) or, for kernels without it, through Gram tiles.
         """
         t = V.shape[1]
-        Vc = _pad_columns(V.to(self.dtype))
+        exact64 = V.dtype == torch.float64
         if self.K is not None:
+            if exact64:
+                return mm_acc64(self.K, V, mode="normal")
+            Vc = _pad_columns(V.to(self.dtype))
             return (self.K.mT @ (self.K @ Vc))[:, :t].to(V.dtype)
-        out = torch.zeros((self.shape[1], t), dtype=V.dtype, device=V.device)
-        for _, _, blk in self._row_tiles():
-            out += (blk.mT @ (blk @ Vc))[:, :t].to(V.dtype)
-        return out
+        acc = torch.float64 if exact64 else V.dtype
+        out = torch.zeros((self.shape[1], t), dtype=acc, device=V.device)
+        Vc = V if exact64 else _pad_columns(V.to(self.dtype))
+
+        def add(blk):
+            if exact64:
+                return mm_acc64(blk, V, mode="normal")
+            return (blk.mT @ (blk @ Vc))[:, :t].to(acc)
+
+        n = self.shape[0]
+        fused = self._fused_normal_mv()
+        i0 = 0
+        for blk in self._tiles:
+            out += add(blk)
+            i0 += blk.shape[0]
+        # Rows not cached yet: fill the cache first (tiles of the Gram), then the rest in one
+        # fused call, memory-free.
+        while i0 < n:
+            i1 = min(n, i0 + self.block_rows)
+            if fused is not None and not self._room_for(len(self._tiles), i1 - i0):
+                out += fused(self.x1[i0:], V.to(acc) if exact64 else V.to(self.dtype)).to(acc)
+                break
+            blk = self._tile(i0, i1)
+            if self._room_for(len(self._tiles), i1 - i0):
+                self._tiles.append(blk)
+            out += add(blk)
+            i0 = i1
+        return out.to(V.dtype)
 
     def rmatvec(self, V: torch.Tensor) -> torch.Tensor:
-        """K^T @ V for V (N, T), result (M, T) in V's dtype (one pass over row tiles)."""
+        """K^T @ V for V (N, T), result (M, T) in V's dtype (one pass over row tiles).
+
+        A float64 V is multiplied and accumulated in float64, as in :meth:`normal_mv`.
+        """
         t = V.shape[1]
-        Vc = _pad_columns(V.to(self.dtype))
+        exact64 = V.dtype == torch.float64
         if self.K is not None:
-            return (self.K.mT @ Vc)[:, :t].to(V.dtype)
+            if exact64:
+                return mm_acc64(self.K, V, mode="rmv")
+            return (self.K.mT @ _pad_columns(V.to(self.dtype)))[:, :t].to(V.dtype)
+        if (
+            self.dtype == torch.float64
+            and self.cache == "none"
+            and self.backend != "keops"
+            and self._fused_normal_mv() is not None
+        ):
+            # K^T V = K(x2, x1) V: one memory-free pass of the kernel_mv op (float64 throughout)
+            # rather than Gram tiles of the same size.
+            return self.kernel.mv(self.x2, self.x1, V.to(self.dtype)).to(V.dtype)
+        Vc = V if exact64 else _pad_columns(V.to(self.dtype))
         out = torch.zeros((self.shape[1], t), dtype=V.dtype, device=V.device)
         for i0, i1, blk in self._row_tiles():
-            out += (blk.mT @ Vc[i0:i1])[:, :t].to(V.dtype)
+            if exact64:
+                out += mm_acc64(blk, V[i0:i1], mode="rmv")
+            else:
+                out += (blk.mT @ Vc[i0:i1])[:, :t].to(V.dtype)
         return out
 
     def columns(self, idx: torch.Tensor) -> torch.Tensor:
         """K[:, idx], shape (N, len(idx)), in the operator's dtype."""
         if self.K is not None:
+            if self.square:
+                # Symmetric: the rows are the columns, and gathering rows reads contiguous
+                # memory (a column gather of a large row-major matrix is strided).
+                return self.K[idx].mT
             return self.K[:, idx]
         out = self.kernel(self.x1, self.x2[idx]).to(self.dtype)
         if self.square:
@@ -324,6 +480,17 @@ class KernelOperator:
         return torch.stack(
             [self.kernel(self.x1[i : i + 1], self.x2[i : i + 1])[0, 0] for i in range(m)]
         )
+
+
+def _fast_gram(kernel, device) -> bool:
+    """Whether ``kernel(x, x)`` runs a compiled Gram (C++ on CPU, Triton on CUDA) for inputs
+    on ``device``, which holds no temporaries beyond its result."""
+    from .. import ops
+    from ..kernels import Kernel
+
+    if not isinstance(kernel, Kernel) or kernel.name not in ops.CPP_KERNELS:
+        return False
+    return (device.type == "cpu" and ops.HAS_CPP) or (device.type == "cuda" and ops.HAS_TRITON)
 
 
 def _check_backend(backend, kernel, cache: str, where: str) -> str:

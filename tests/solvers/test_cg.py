@@ -116,12 +116,14 @@ def test_dense_fits_agrees_with_the_operator():
             budget = 100_000
             fits = KernelOperator.dense_fits(n, n, 8, budget, reserved)
             if fits:
-                KernelOperator(k, X[:n], memory_budget=budget, cache="dense",
-                               reserved_bytes=reserved)
+                KernelOperator(
+                    k, X[:n], memory_budget=budget, cache="dense", reserved_bytes=reserved
+                )
             else:
                 with pytest.raises(ValueError, match="memory_budget"):
-                    KernelOperator(k, X[:n], memory_budget=budget, cache="dense",
-                                   reserved_bytes=reserved)
+                    KernelOperator(
+                        k, X[:n], memory_budget=budget, cache="dense", reserved_bytes=reserved
+                    )
     assert KernelOperator.dense_fits(40, 40, 8, 100_000)
     assert not KernelOperator.dense_fits(160, 160, 8, 100_000)
 
@@ -159,10 +161,21 @@ def test_unconverged_warns_with_history():
     assert issubclass(ConvergenceWarning, RuntimeWarning)
 
 
+class RoundedProducts:
+    """K @ V with V rounded to float32 and summed in float32: products with a rounding floor
+    (what the solvers' own float32 operators avoid by accumulating in float64)."""
+
+    def __init__(self, K):
+        self.K, self.shape, self.dtype = K.float(), tuple(K.shape), torch.float32
+
+    def matvec(self, V):
+        return (self.K @ V.float()).double()
+
+
 def test_stagnation_stops_with_warning():
     # float32 products cannot reach 1e-12: CG must stop on stagnation, loudly, not run on.
     k, X, Y = problem(n=300, d=3)
-    op = KernelOperator(k, X, dtype=torch.float32, cache="dense")
+    op = RoundedProducts(k(X))
     with pytest.warns(RuntimeWarning, match="stagnated|max_iter"):
         _, info = cg(op, Y, 1e-2, tol=1e-13, max_iter=300, verbose=False)
     assert not info.converged and info.iterations < 300
@@ -241,8 +254,8 @@ def test_float32_gram_at_its_rounding_floor_returns_best_iterate():
 
     X, Y = ParityConcept.earlier(seed=0).sample(3000)
     k = RBF(gamma=1 / 240)
-    op = KernelOperator(k, X, cache="dense", dtype=torch.float32)
-    P = NystromPreconditioner(op, 0.01, 500, generator=torch.Generator().manual_seed(0))
+    op = RoundedProducts(k(X.float()))
+    P = NystromPreconditioner(op.K, 0.01, 500, generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         C, info = cg(op, Y, 0.01, preconditioner=P, tol=1e-6, max_iter=300, verbose=False)
@@ -257,11 +270,29 @@ def test_float32_gram_at_its_rounding_floor_returns_best_iterate():
     assert rel < 1e-3
 
 
+def test_float32_gram_accumulated_in_float64_has_no_float32_floor():
+    # The same system on the solver's own float32 Gram: its products read float32 entries and
+    # compute in float64, so CG goes far below the float32 floor above, to the float64 solution
+    # of the float32 entries (within float32 entry rounding of the float64 system).
+    from fastkernels.concepts import ParityConcept
+    from fastkernels.kernels import RBF
+
+    X, Y = ParityConcept.earlier(seed=0).sample(3000)
+    k = RBF(gamma=1 / 240)
+    op = KernelOperator(k, X, cache="dense", dtype=torch.float32)
+    P = NystromPreconditioner(op, 0.01, 500, generator=torch.Generator().manual_seed(0))
+    C, info = cg(op, Y, 0.01, preconditioner=P, tol=1e-8, max_iter=300, verbose=False)
+    assert info.converged and info.final_residual <= 1e-8
+    K32 = op.K.double()
+    C32 = exact(K32, Y, 0.01)
+    assert float((K32 @ C - K32 @ C32).norm() / (K32 @ C32).norm()) < 1e-7
+
+
 def _stall_run(**kwargs):
     # float32 products of an ill-conditioned RBF system: CG reaches the rounding floor long
     # before tol and max_iter.
     k, X, Y = problem(n=300, d=3, gamma=0.5)
-    op = KernelOperator(k, X, dtype=torch.float32, cache="dense")
+    op = RoundedProducts(k(X))
     with pytest.warns(ConvergenceWarning) as rec:
         _, info = cg(op, Y, 1e-2, tol=1e-12, max_iter=600, verbose=False, **kwargs)
     return info, str(rec[0].message)
@@ -287,3 +318,24 @@ def test_stall_rule_stops_at_the_rounding_floor_only_where_allowed():
 def op_dense():
     A = randn(5, 5, seed=9)
     return A @ A.T + torch.eye(5, dtype=F64)
+
+
+def test_nystrom_preconditioner_survives_an_indefinite_landmark_block():
+    # A landmark block that rounding made indefinite (here: one eigenvalue -1e-3, beyond any
+    # jitter the Cholesky retries add) falls back to its eigendecomposition instead of raising;
+    # the preconditioned solve of the (PSD part of the) system still converges.
+    g = torch.Generator().manual_seed(0)
+    n = 40
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    lam = torch.logspace(0, -6, n, dtype=torch.float64)
+    lam[-1] = -1e-3
+    K = (Q * lam) @ Q.T
+    with pytest.raises(torch.linalg.LinAlgError):
+        torch.linalg.cholesky(K[:n, :n] + 1e-4 * torch.eye(n, dtype=torch.float64))
+    P = NystromPreconditioner(K, 0.1, n, generator=g)
+    assert P.rank < n  # the negative direction is dropped
+    B = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    Kpsd = (Q * lam.clamp_min(0)) @ Q.T
+    X, info = cg(Kpsd, B, 0.1, preconditioner=P, tol=1e-10, verbose=False)
+    assert info.converged
+    torch.testing.assert_close(X, torch.linalg.solve(Kpsd + 0.1 * torch.eye(n, dtype=X.dtype), B))
