@@ -169,6 +169,15 @@ def run_trial(config: dict, device: str = "cpu") -> dict:
     test_error = _squared_error(est.predict(Xtf), Yt, f"{label}.predict")
     train_error = _squared_error(est.predict(Xf), Y, f"{label}.predict")
     hparams = dict(getattr(est, "hparams_", None) or {})
+    info = getattr(est, "solver_info_", None)
+    if info:
+        # The solve's status travels with the result: a number from an unconverged solve must
+        # say so wherever the row goes.
+        hparams["solver_status"] = {
+            key: info.get(key)
+            for key in ("converged", "iterations", "final_residual", "compute_dtype",
+                        "jitter", "stop_reason")
+        }  # fmt: skip
     # What the fit cost, kept with its result (peak: resident memory above the data's).
     hparams["fit_time_s"] = round(fit_s, 3)
     if not math.isnan(fit_peak):

@@ -562,9 +562,12 @@ class KernelRidge(BaseRegressor):
         # cost CG more setup (N M^2) than they save in iterations.
         explicit = self.solver == "cg" and self.n_centers is not None
         rank = min(n, self.n_centers if explicit else DEFAULT_CG_RANK)
+        # The preconditioner's N x rank factors (two of them at its setup's peak) get at most
+        # half the budget: a smaller budget lowers the rank rather than dropping it (plain CG
+        # on a kernel matrix can need thousands of iterations).
+        rank = max(0, min(rank, (budget // 2) // (2 * n * itemsize)))
         pre_bytes = 2 * n * rank * itemsize
-        # Without room for the preconditioner's N x rank factor, run plain CG.
-        use_pre = pre_bytes <= budget // 2
+        use_pre = rank >= 1
         reserved = pre_bytes if use_pre else 0
         # KeOps products are memory-free by design: never a dense Gram with that backend. The
         # operator's own accounting (tiles, runtime share) decides, so "dense" cannot fail.

@@ -106,3 +106,22 @@ def test_bad_executor_and_device(base_toml, tmp_path):
         with pytest.raises(ValueError, match="CUDA is not available"):
             run_sweep(spec, tmp_path / "r.db", device="cuda")
     assert not (tmp_path / "r.db").exists()
+
+
+def test_kernel_ridge_rows_carry_the_solver_status():
+    # A kernel ridge trial's row says how its solve ended, next to the numbers it produced.
+    config = {
+        "seed": 0,
+        "n_train": 60,
+        "n_test": 20,
+        "concept": {"name": "parity", "params": {"d": 8, "k": 4, "alpha": 0.5, "seed": 0}},
+        "learner": {
+            "type": "kernel_ridge",
+            "label": "krr",
+            "params": {"kernel": "rbf", "ridge": 0.1, "solver": "cg"},
+        },
+    }
+    status = run_trial(config, "cpu")["hparams"]["solver_status"]
+    assert status["converged"] is True and status["stop_reason"] == "converged"
+    assert status["iterations"] >= 1 and status["final_residual"] <= 1e-4
+    assert status["compute_dtype"] == "float64"
