@@ -650,14 +650,7 @@ class KernelRidge(BaseRegressor):
                 verbose=self.verbose,
                 desc=desc + " float64",
             )
-            info.iterations += first.iterations
-            info.residuals = first.residuals + info.residuals[1:]
-            info.true_residuals = first.true_residuals + [
-                (i + first.iterations, r) for i, r in info.true_residuals[1:]
-            ]
-            fallback = f"float64 after float32 refinement stopped at {first.final_residual:.2e}"
-            info.time_s += first.time_s
-            info.compute_dtype = "float32+float64"
+            fallback = _continue_record(first, info)
         elif exact is not None:
             for w in caught:  # the float32 solve's own warnings, not superseded by a fallback
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -701,15 +694,7 @@ class KernelRidge(BaseRegressor):
             res = nystrom_pcg(
                 kernel, X, Y, ridge, centers=res.centers, x0=res.coef, dtype=torch.float64, **kw
             )  # fmt: skip
-            info = res.info
-            info.iterations += first.iterations
-            info.residuals = first.residuals + info.residuals[1:]
-            info.true_residuals = first.true_residuals + [
-                (i + first.iterations, r) for i, r in info.true_residuals[1:]
-            ]
-            info.time_s += first.time_s
-            info.compute_dtype = "float32+float64"
-            fallback = f"float64 after float32 refinement stopped at {first.final_residual:.2e}"
+            fallback = _continue_record(first, res.info)
         else:
             for w in caught or ():
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -748,6 +733,19 @@ class KernelRidge(BaseRegressor):
         support = self.X_fit_ if getattr(self, "centers_", None) is None else self.centers_
         pred = self.kernel_.mv(X_t, support, self.dual_coef_)
         return self._format_output(pred, X)
+
+
+def _continue_record(first, info) -> str:
+    """Fold a float32 solve's record into that of the float64 solve that continued it (one
+    history, iterations and time in total); returns the fallback's description."""
+    info.iterations += first.iterations
+    info.residuals = first.residuals + info.residuals[1:]
+    info.true_residuals = first.true_residuals + [
+        (i + first.iterations, r) for i, r in info.true_residuals[1:]
+    ]
+    info.time_s += first.time_s
+    info.compute_dtype = "float32+float64"
+    return f"float64 after float32 refinement stopped at {first.final_residual:.2e}"
 
 
 def _jsonable(params: dict) -> dict:

@@ -368,7 +368,7 @@ class KernelOperator:
 
         if not self.fused or not isinstance(self.kernel, Kernel) or self.square:
             return None
-        if not hasattr(ops, "kernel_normal_mv") or self.kernel.name not in ops.KERNEL_NAMES:
+        if self.kernel.name not in ops.KERNEL_NAMES:
             return None
         params = self.kernel._op_params(self.x1.shape[1])
         name, x2 = self.kernel.name, self.x2

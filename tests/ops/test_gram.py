@@ -10,7 +10,17 @@ from fastkernels import ops
 from fastkernels.kernels import Laplace
 from fastkernels.ops._common import CPP_KERNELS
 
-from .conftest import CASE_IDS, CASES, IMPL_CASE_IDS, IMPL_CASES, IMPLS, randn
+from .conftest import (
+    CASE_IDS,
+    CASES,
+    IMPL_CASE_IDS,
+    IMPL_CASES,
+    IMPLS,
+    NEAR,
+    NEAR_IDS,
+    duplicated_points,
+    randn,
+)
 
 # Odd sizes not divisible by any tile (C++ tiles are 128 x 512), 1 x 1, and several tiles.
 SHAPES = [(1, 1, 1), (37, 53, 7), (300, 1100, 5)]
@@ -306,26 +316,6 @@ def test_float32_gradient_far_from_origin(kernel, params):
 # -- near-duplicates across the two inputs: Laplace d^2 from differences ------------------------
 
 
-def duplicated_points(n, m, shift, noise, seed, dtype=torch.float32):
-    """x1 (n, 5), x2 (m, 5) of spread 0.1 around ``shift``; every other row of x2 is a copy of a
-    row of x1 (at another position) plus ``noise`` times a standard normal."""
-    a = 0.1 * randn(n, 5, seed=seed) + shift
-    b = 0.1 * randn(m, 5, seed=seed + 1) + shift
-    rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 2))[: (m + 1) // 2]
-    b[::2] = a[rows] + noise * randn(len(rows), 5, seed=seed + 3)
-    return a.to(dtype), b.to(dtype)
-
-
-NEAR = [
-    # Laplace: every shift, exact and near (x + 1e-6) copies; Matern 1/2 is the same kernel.
-    *[("laplace", [1.0], shift, noise) for shift in (0.0, 100.0, 1000.0) for noise in (0.0, 1e-6)],
-    ("matern", [0.5, 1.0], 0.0, 1e-6),
-    # Smooth in d^2 at 0: within 1e-5 without the recomputation.
-    ("rbf", [1.0], 0.0, 1e-6),
-    ("matern", [1.5, 1.0], 0.0, 1e-6),
-    ("matern", [2.5, 1.0], 0.0, 1e-6),
-]
-NEAR_IDS = [f"{k}-{ps[0]:g}-shift{s:g}-{'near' if e else 'exact'}" for k, ps, s, e in NEAR]
 IMPL_NEAR = [(impl, *case) for impl in IMPLS for case in NEAR]
 IMPL_NEAR_IDS = [f"{impl}-{cid}" for impl in IMPLS for cid in NEAR_IDS]
 

@@ -12,7 +12,7 @@ import torch
 
 from fastkernels import ops
 
-from .conftest import CASE_IDS, CASES, IMPL_CASE_IDS, IMPL_CASES, randn
+from .conftest import CASE_IDS, CASES, IMPL_CASE_IDS, IMPL_CASES, NEAR, duplicated_points, randn
 
 OP = torch.ops.fastkernels.kernel_normal_mv
 # (N, M, D, T). C++ row panels hold 3 MiB of K, 16 to 256 rows: 1 x 1; odd sizes in one panel;
@@ -301,25 +301,6 @@ def test_cuda_matches_float64_dense_product(kernel, params):
         got = OP(a.cuda(), b.cuda(), w.cuda(), kernel, params)
         assert got.is_cuda and got.dtype == vd
         assert rel_err(got.cpu(), dense(a, b, w, kernel, params)) < tol
-
-
-def duplicated_points(n, m, shift, noise, seed):
-    """float32 x1 (n, 5), x2 (m, 5) of spread 0.1 around ``shift``; every other row of x2 is a
-    copy of a row of x1 (at another position) plus ``noise`` times a standard normal."""
-    a = 0.1 * randn(n, 5, seed=seed) + shift
-    b = 0.1 * randn(m, 5, seed=seed + 1) + shift
-    rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 2))[: (m + 1) // 2]
-    b[::2] = a[rows] + noise * randn(len(rows), 5, seed=seed + 3)
-    return a.float(), b.float()
-
-
-NEAR = [
-    *[("laplace", [1.0], shift, noise) for shift in (0.0, 100.0, 1000.0) for noise in (0.0, 1e-6)],
-    ("matern", [0.5, 1.0], 0.0, 1e-6),
-    ("rbf", [1.0], 0.0, 1e-6),
-    ("matern", [1.5, 1.0], 0.0, 1e-6),
-    ("matern", [2.5, 1.0], 0.0, 1e-6),
-]
 
 
 def near_case(shift, noise, kernel, params, n=700, m=600):

@@ -37,7 +37,7 @@ from fastkernels.ops._triton import (  # noqa: E402
 )
 from fastkernels.ops._triton._common import KERNEL_CODES, _acos, input_precision  # noqa: E402
 
-from .conftest import CASE_IDS, CASES, randn  # noqa: E402
+from .conftest import CASE_IDS, CASES, NEAR, NEAR_IDS, duplicated_points, randn  # noqa: E402
 
 _NO_INTERPRETER = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1",
@@ -232,32 +232,8 @@ def test_float32_far_from_origin(kernel, params, shift, n, m):
         assert (got_mv.double() - ref @ v).abs().max() < 1e-5 * scale
 
 
-# Near-duplicates across the two inputs: the Laplace kernel (Matern 1/2) recomputes their d^2
-# from differences; before, the expansion's rounding error went through sqrt (1.7e-4 in float32).
-def duplicated_points(n, m, shift, noise, seed, dtype=torch.float32):
-    """x1 (n, 5), x2 (m, 5) of spread 0.1 around ``shift``; every other row of x2 is a copy of a
-    row of x1 (at another position) plus ``noise`` times a standard normal."""
-    a = 0.1 * randn(n, 5, seed=seed) + shift
-    b = 0.1 * randn(m, 5, seed=seed + 1) + shift
-    rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 2))[: (m + 1) // 2]
-    b[::2] = a[rows] + noise * randn(len(rows), 5, seed=seed + 3)
-    return a.to(dtype), b.to(dtype)
-
-
-NEAR_CASES = [
-    # Laplace: every shift, exact and near (x + 1e-6) copies; Matern 1/2 is the same kernel.
-    *[("laplace", [1.0], shift, noise) for shift in (0.0, 100.0, 1000.0) for noise in (0.0, 1e-6)],
-    ("matern", [0.5, 1.0], 0.0, 1e-6),
-    # Smooth in d^2 at 0: within 1e-5 without the recomputation.
-    ("rbf", [1.0], 0.0, 1e-6),
-    ("matern", [1.5, 1.0], 0.0, 1e-6),
-    ("matern", [2.5, 1.0], 0.0, 1e-6),
-]
-NEAR_IDS = [f"{k}-{ps[0]:g}-shift{s:g}-{'near' if e else 'exact'}" for k, ps, s, e in NEAR_CASES]
-
-
 @on_interpreter
-@pytest.mark.parametrize("kernel,params,shift,noise", NEAR_CASES, ids=NEAR_IDS)
+@pytest.mark.parametrize("kernel,params,shift,noise", NEAR, ids=NEAR_IDS)
 def test_float32_duplicated_points_across_inputs(kernel, params, shift, noise):
     a, b = duplicated_points(70, 45, shift, noise, seed=66)  # 3 x 2 tiles
     ref = ops.gram_reference(a.double(), b.double(), kernel, params)
