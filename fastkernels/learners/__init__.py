@@ -3,13 +3,18 @@
 Every estimator follows scikit-learn's conventions: ``__init__`` only stores its arguments,
 ``fit(X, Y)`` returns ``self``, fitted state ends in ``_``, ``predict(X)`` returns an (n, k) tensor
 and ``score(X, Y)`` is the coefficient of determination R^2. ``hparams_`` holds the
-hyperparameters chosen during ``fit`` (JSON-serialisable), which sweeps record.
+hyperparameters chosen during ``fit`` (JSON-serialisable), which sweeps record, with the fit's
+own status: ``hparams_["grid_edge"]`` lists searched hyperparameters that landed on an edge of
+their grid (also warned as :class:`GridEdgeWarning`) and a network whose training diverged
+records ``hparams_["diverged"]`` and warns :class:`DivergenceWarning`.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+
+from .base import DivergenceWarning, GridEdgeWarning
 
 # type name in sweep files -> (module, class)
 LEARNERS: dict[str, tuple[str, str]] = {
@@ -65,4 +70,6 @@ __all__ = [
     "ResNetRegressor",
     "KernelRidge",
     "NTKRegressor",
+    "GridEdgeWarning",
+    "DivergenceWarning",
 ]

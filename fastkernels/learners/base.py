@@ -3,11 +3,75 @@
 from __future__ import annotations
 
 import inspect
+import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from .._validation import as_float_tensor, check_xy
+
+
+class GridEdgeWarning(UserWarning):
+    """A hyperparameter search chose a value at the edge of its grid.
+
+    The validation error was still falling there, so the optimum may lie outside the grid:
+    extend the grid past that edge to find out.
+    """
+
+
+class DivergenceWarning(RuntimeWarning):
+    """Training produced a non-finite loss; the model's predictions are not usable."""
+
+
+def grid_edge(name: str, grid: Sequence[float], chosen: float, rel_tol: float = 1e-6) -> str | None:
+    """Describe a choice at the edge of its search grid, or None for an interior one.
+
+    Parameters
+    ----------
+    name : str
+        How the message names the grid (e.g. ``"ridge_grid"``).
+    grid : sequence of float
+        The candidate values.
+    chosen : float
+        The value the search chose.
+    rel_tol : float, default 1e-6
+        Relative tolerance of the comparison: ``chosen`` may have gone through a scale and
+        back (a relative ridge times the kernel's mean diagonal), which rounds its last bits.
+
+    Returns
+    -------
+    str or None
+        ``"<name>: chose <value>, the smallest (or largest) of [<sorted grid>]"`` when the grid
+        has at least two distinct values and ``chosen`` is its minimum or maximum; else None (a
+        one-value grid has no edge to search past).
+    """
+    values = sorted(float(v) for v in grid)
+    distinct = [v for i, v in enumerate(values) if i == 0 or not _close(v, values[i - 1], rel_tol)]
+    if len(distinct) < 2:
+        return None
+    chosen = float(chosen)
+    if _close(chosen, distinct[0], rel_tol):
+        edge = "smallest"
+    elif _close(chosen, distinct[-1], rel_tol):
+        edge = "largest"
+    else:
+        return None
+    listed = ", ".join(f"{v:g}" for v in distinct)
+    return f"{name}: chose {chosen:g}, the {edge} of [{listed}]"
+
+
+def grid_edge_message(owner: str, edges: Sequence[str]) -> str:
+    """The one :class:`GridEdgeWarning` message of a fit from its :func:`grid_edge` lines."""
+    return (
+        f"{owner}: the hyperparameter search chose a value at the edge of its grid ("
+        + "; ".join(edges)
+        + "); the validation error may still fall beyond the grid, so extend it past that edge"
+    )
+
+
+def _close(a: float, b: float, rel_tol: float) -> bool:
+    return math.isclose(a, b, rel_tol=rel_tol, abs_tol=0.0)
 
 
 def squared_error(pred: torch.Tensor, Y: torch.Tensor) -> float:

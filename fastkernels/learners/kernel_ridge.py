@@ -26,7 +26,14 @@ from ..solvers import (
     parse_bytes,
 )
 from ..solvers._common import format_bytes
-from .base import BaseRegressor, squared_error, validation_split
+from .base import (
+    BaseRegressor,
+    GridEdgeWarning,
+    grid_edge,
+    grid_edge_message,
+    squared_error,
+    validation_split,
+)
 
 # Relative ridge grid: ridge = r * mean(diag K). Relative, so that one grid serves kernels whose
 # scale differs by orders of magnitude (RBF ~ 1, a raw empirical NTK ~ width).
@@ -269,6 +276,12 @@ class KernelRidge(BaseRegressor):
     hparams_ : dict
         Chosen hyperparameters and their validation error, the solver (``"solver"``) and, for
         Nystrom, ``"n_centers"``; ``"search_samples"`` when the search ran on a subsample.
+        ``"ridge_rel"`` (float): the chosen ``ridge_grid`` multiplier, when the ridge was
+        searched; ``"bandwidth_rel"`` (float): the chosen ``bandwidth_grid`` multiplier, when
+        the bandwidth was searched. ``"grid_edge"`` (list of str, always present, empty when
+        nothing was searched): one line per searched hyperparameter chosen at the smallest or
+        largest value of its grid (see :func:`fastkernels.learners.base.grid_edge`); a non-empty
+        list is also warned once as a :class:`~fastkernels.learners.base.GridEdgeWarning`.
     solver_info_ : dict
         What the final solve did (:class:`fastkernels.solvers.SolverInfo` as a dict):
         ``solver``, ``converged``, ``iterations``, ``residuals`` (history), ``final_residual``,
@@ -484,6 +497,12 @@ class KernelRidge(BaseRegressor):
         torch.linalg.LinAlgError
             Cholesky with ridge = 0 on a kernel that is not strictly positive definite, even
             after the jitter retries (a warning names the jitter when a retry succeeds).
+
+        Warns
+        -----
+        GridEdgeWarning
+            The search chose the smallest or largest value of ``ridge_grid`` or
+            ``bandwidth_grid`` (one warning naming each; also in ``hparams_["grid_edge"]``).
         """
         self.check_params()
         base = resolve_kernel(self.kernel, self.kernel_params, "KernelRidge")
@@ -500,10 +519,16 @@ class KernelRidge(BaseRegressor):
         candidates = self._candidate_kernels(base, search_X)
         search = self.ridge == "auto" or len(candidates) > 1
         self.validation_errors_ = []
+        ridge_rel = bandwidth_rel = None
         if search:
-            kernel, ridge, val_error = self._search(candidates, search_X, search_Y)
+            kernel, ridge, val_error, i_kernel, ridge_rel = self._search(
+                candidates, search_X, search_Y
+            )
+            if len(candidates) > 1:
+                bandwidth_rel = float(self.bandwidth_grid[i_kernel])
         else:
             kernel, ridge, val_error = candidates[0], float(self.ridge), None
+        edges = self._grid_edges(ridge_rel, bandwidth_rel)
         if ridge == 0 and self.solver == "auto":
             plan = self.check_fit_plan(n, Y.shape[1], ridge=ridge)
         budget = parse_bytes(self.memory_budget, where="KernelRidge")
@@ -528,10 +553,28 @@ class KernelRidge(BaseRegressor):
             self.hparams_["val_error"] = val_error
         if n_search is not None and search:
             self.hparams_["search_samples"] = n_search
+        if ridge_rel is not None:
+            self.hparams_["ridge_rel"] = ridge_rel
+        if bandwidth_rel is not None:
+            self.hparams_["bandwidth_rel"] = bandwidth_rel
+        self.hparams_["grid_edge"] = edges
         self.hparams_["solver"] = solver
         if solver == "nystrom":
             self.hparams_["n_centers"] = int(self.centers_.shape[0])
+        if edges:
+            # Whatever ``verbose`` says: a choice on the grid's edge is a result to question,
+            # not progress output.
+            warnings.warn(grid_edge_message("KernelRidge", edges), GridEdgeWarning, stacklevel=2)
         return self
+
+    def _grid_edges(self, ridge_rel: float | None, bandwidth_rel: float | None) -> list[str]:
+        """:func:`grid_edge` lines of the searched relative ridge and bandwidth (None: fixed)."""
+        edges = []
+        if ridge_rel is not None:
+            edges.append(grid_edge("ridge_grid", self.ridge_grid, ridge_rel))
+        if bandwidth_rel is not None:
+            edges.append(grid_edge("bandwidth_grid", self.bandwidth_grid, bandwidth_rel))
+        return [e for e in edges if e is not None]
 
     def _warm_state(self):
         """The previous fit's state, when warm_start asks for it and one exists."""
@@ -704,27 +747,38 @@ class KernelRidge(BaseRegressor):
         return res.coef, res.info
 
     def _search(self, candidates, X, Y):
+        """Validation search over ``candidates`` (kernels) and, for ``ridge="auto"``, the
+        relative ridges.
+
+        Returns
+        -------
+        (kernel, ridge, val_error, kernel_index, ridge_rel)
+            The best kernel, its absolute ridge and validation error, the kernel's index in
+            ``candidates`` and the chosen ``ridge_grid`` multiplier (None for a fixed ridge):
+            the grid edges are judged on the multipliers, the absolute ridge being scaled per
+            kernel.
+        """
         idx_tr, idx_val = validation_split(len(X), self.validation_fraction, self.random_state)
         Xtr, Ytr, Xval, Yval = X[idx_tr], Y[idx_tr], X[idx_val], Y[idx_val]
-        best = (math.inf, None, None)
-        for kernel in candidates:
+        best = (math.inf, None, None, 0, None)
+        for i, kernel in enumerate(candidates):
             K_tr = kernel(Xtr, Xtr)
             K_val = kernel(Xval, Xtr)
             scale = float(K_tr.diagonal().mean()) or 1.0
             ridges = (
-                [scale * r for r in self.ridge_grid]
+                [(scale * r, float(r)) for r in self.ridge_grid]
                 if self.ridge == "auto"
-                else [float(self.ridge)]
+                else [(float(self.ridge), None)]
             )
-            for ridge in ridges:
+            for ridge, rel in ridges:
                 C = cholesky(K_tr, Ytr, ridge, dtype=X.dtype)
                 err = squared_error(K_val @ C, Yval)
                 self.validation_errors_.append(
                     {**_jsonable(kernel.params()), "ridge": ridge, "val_error": err}
                 )
                 if err < best[0]:
-                    best = (err, kernel, ridge)
-        return best[1], best[2], best[0]
+                    best = (err, kernel, ridge, i, rel)
+        return best[1], best[2], best[0], best[3], best[4]
 
     def predict(self, X):
         """Predictions for X (n, D): shape (n, k), or (n,) when fitted on 1-D Y."""

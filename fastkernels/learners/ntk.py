@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -11,7 +12,7 @@ from ..models import ARCHS, BLOCKS, TRAINABLE, StackedNet
 from ..ntk.empirical import SCALINGS
 from ..ntk.kernel import EmpiricalNTK
 from ..solvers import DEFAULT_MEMORY_BUDGET
-from .base import BaseRegressor
+from .base import BaseRegressor, GridEdgeWarning, grid_edge_message
 from .kernel_ridge import DEFAULT_RIDGE_GRID, KernelRidge
 
 
@@ -56,6 +57,8 @@ class NTKRegressor(BaseRegressor):
     solver_info_ : dict
         ``krr_.solver_info_``: solver, iterations, residual history, converged flag.
     hparams_ : dict
+        The kernel ridge fit's ``hparams_`` (kernel, ridge, solver, ...), including
+        ``"grid_edge"`` (list of str) and, when the ridge was searched, ``"ridge_rel"``.
     """
 
     def __init__(
@@ -144,7 +147,14 @@ class NTKRegressor(BaseRegressor):
         ).check_fit_plan(n, n_outputs)
 
     def fit(self, X, Y) -> NTKRegressor:
-        """Fit on X (N, d), Y (N,) or (N, k); returns self."""
+        """Fit on X (N, d), Y (N,) or (N, k); returns self.
+
+        Warns
+        -----
+        GridEdgeWarning
+            The ridge search chose the smallest or largest value of ``ridge_grid`` (also in
+            ``hparams_["grid_edge"]``).
+        """
         self.check_params()
         dtype = resolve_dtype(self.dtype, where="NTKRegressor")
         X, Y = self._check_fit_input(X, Y, dtype=dtype, device=self.device)
@@ -160,20 +170,31 @@ class NTKRegressor(BaseRegressor):
             device=X.device,
         )
         self.kernel_ = EmpiricalNTK(self.net_, self.trainable, self.scaling)
-        self.krr_ = KernelRidge(
-            kernel=self.kernel_,
-            ridge=self.ridge,
-            ridge_grid=self.ridge_grid,
-            validation_fraction=self.validation_fraction,
-            dtype=dtype,
-            device=X.device,
-            random_state=self.random_state,
-            **self._solver_params(),
-        ).fit(X, Y)
+        with warnings.catch_warnings():
+            # Re-issued below under this estimator's name and pointing at its caller: the inner
+            # KernelRidge is an implementation detail the user never built. Other warnings (an
+            # unconverged solve) pass through unchanged.
+            warnings.simplefilter("ignore", GridEdgeWarning)
+            self.krr_ = KernelRidge(
+                kernel=self.kernel_,
+                ridge=self.ridge,
+                ridge_grid=self.ridge_grid,
+                validation_fraction=self.validation_fraction,
+                dtype=dtype,
+                device=X.device,
+                random_state=self.random_state,
+                **self._solver_params(),
+            ).fit(X, Y)
         self.hparams_ = {**self.krr_.hparams_}
         self.solver_info_ = self.krr_.solver_info_
         # The kernel kept the centres' factors for the solve; a fitted model does not need them.
         self.kernel_.clear_cache()
+        if self.hparams_["grid_edge"]:
+            warnings.warn(
+                grid_edge_message("NTKRegressor", self.hparams_["grid_edge"]),
+                GridEdgeWarning,
+                stacklevel=2,
+            )
         return self
 
     def predict(self, X):

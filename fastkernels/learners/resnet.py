@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import torch
 
 from .._validation import check_choice, check_positive_int, check_xy, resolve_dtype
 from ..models import ARCHS, BLOCKS, TRAINABLE, StackedNet, train_sgd
-from .base import BaseRegressor, squared_error, validation_split
+from .base import (
+    BaseRegressor,
+    DivergenceWarning,
+    GridEdgeWarning,
+    grid_edge,
+    grid_edge_message,
+    squared_error,
+    validation_split,
+)
 
 RECIPES = ("paper", "online", "layerwise")
 
@@ -104,7 +113,15 @@ class ResNetRegressor(BaseRegressor):
     net_ : StackedNet
         The fitted network (one member).
     hparams_ : dict
-        Chosen hyperparameters and, after a search, the validation (or selection) error.
+        Chosen hyperparameters and, after a search, the validation (or selection) error; and
+        the fit's status: ``"final_loss"`` (float) the returned network's last training loss
+        (the last epoch's mean; with ``selection="test"`` and a grid, whose history averages
+        the members, the chosen member's training error after training), ``"diverged"``
+        (bool) whether that loss or the network's predictions on the training inputs are not
+        finite, and ``"grid_edge"`` (list of str, empty without a search) the searched ``lr``
+        or ``weight_decay`` chosen at the smallest or largest value of its grid axis.
+    diverged_ : bool
+        ``hparams_["diverged"]``.
     loss_history_ : list of float
         Training loss per epoch of the final fit.
     search_results_ : list of dict
@@ -293,6 +310,17 @@ class ResNetRegressor(BaseRegressor):
         """Train on X (N, d), Y (N,) or (N, k); returns self.
 
         ``X_select, Y_select`` are used only with ``selection="test"`` and a ``param_grid``.
+
+        A diverged fit is a result, not an error: it returns with non-finite predictions,
+        ``hparams_["diverged"]`` True and a warning.
+
+        Warns
+        -----
+        DivergenceWarning
+            The returned network's training loss or its predictions on the training inputs are
+            not finite (grid members that diverged and lost the selection do not count).
+        GridEdgeWarning
+            The search chose the smallest or largest ``lr`` or ``weight_decay`` of the grid.
         """
         s = self._settings()
         X, Y = self._check_fit_input(X, Y, dtype=s["dtype"], device=self.device)
@@ -309,6 +337,9 @@ class ResNetRegressor(BaseRegressor):
             "batch_size": s["batch_size"],
             "momentum": s["momentum"],
         }
+        # Whether ``history`` is the returned network's own (it averages the members of an
+        # ensemble, which only selection="test" returns one member of).
+        own_history = True
         if len(grid) == 1:
             net, history = self._train(s, X, Y, grid, seed)
             chosen = grid[0]
@@ -343,6 +374,7 @@ class ResNetRegressor(BaseRegressor):
             best = _argmin(errs)
             chosen = grid[best]
             net = net.member(best)
+            own_history = False
             hp["selection_error"] = errs[best]
         if len(grid) > 1:
             self.search_results_ = [
@@ -358,7 +390,45 @@ class ResNetRegressor(BaseRegressor):
         if self.trainable != "hidden":
             readout = self.lr_readout if self.lr_readout is not None else 1.0 / self.width
             hp["lr_readout"] = min(chosen[0], readout)
+        edges = []
+        if len(grid) > 1:
+            for name, axis, value in (("lr", 0, chosen[0]), ("weight_decay", 1, chosen[1])):
+                edge = grid_edge(name, [point[axis] for point in grid], value)
+                if edge is not None:
+                    edges.append(edge)
+        with torch.no_grad():
+            finite_pred = bool(torch.isfinite(net(X)[0]).all())
+        if own_history:
+            final_loss = float(history[-1])
+            bad = next((i + 1 for i, h in enumerate(history) if not math.isfinite(h)), None)
+        else:
+            final_loss = self._member_errors(net, X, Y)[0]
+            bad = None
+        diverged = not (math.isfinite(final_loss) and finite_pred)
+        hp.update(final_loss=final_loss, diverged=diverged, grid_edge=edges)
         self.net_, self.loss_history_, self.hparams_ = net, history, hp
+        self.diverged_ = diverged
+        if edges:
+            warnings.warn(
+                grid_edge_message("ResNetRegressor", edges), GridEdgeWarning, stacklevel=2
+            )
+        if diverged:
+            when = (
+                f"the training loss first became non-finite at epoch {bad} of {len(history)}"
+                if bad is not None
+                else f"final training loss {final_loss:.3g}"
+            )
+            what = (
+                "predictions are not finite"
+                if not finite_pred
+                else "predictions are finite but not usable"
+            )
+            warnings.warn(
+                f"ResNetRegressor: training diverged ({when}) with lr={chosen[0]:g}, "
+                f"weight_decay={chosen[1]:g}; {what}. Lower lr.",
+                DivergenceWarning,
+                stacklevel=2,
+            )
         return self
 
     def predict(self, X):

@@ -48,7 +48,13 @@ def test_fixed_rbf_equals_closed_form():
     np.testing.assert_allclose(pred, expected, rtol=1e-8, atol=1e-10)
     assert model.ridge_ == 0.3 and model.validation_errors_ == []
     # "auto" records the solver it picked (a direct solve at this size).
-    assert model.hparams_ == {"kernel": "rbf", "gamma": 0.1, "ridge": 0.3, "solver": "cholesky"}
+    assert model.hparams_ == {
+        "kernel": "rbf",
+        "gamma": 0.1,
+        "ridge": 0.3,
+        "solver": "cholesky",
+        "grid_edge": [],  # nothing was searched
+    }
     assert model.n_features_in_ == 4 and model.n_outputs_ == 3
     np.testing.assert_allclose(
         model.dual_coef_.numpy(), np.linalg.solve(rbf(X, X, 0.1) + 0.3 * np.eye(23), Y), rtol=1e-8

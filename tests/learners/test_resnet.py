@@ -197,7 +197,9 @@ def test_same_random_state_same_predictions():
 def test_hparams_contents():
     X, Y = linear_data(n=30, seed=11)
     model = ResNetRegressor(arch="3layer", trainable="all", width=8, epochs=3, batch_size=7)
-    hp = model.fit(X, Y).hparams_
+    hp = dict(model.fit(X, Y).hparams_)
+    final_loss = hp.pop("final_loss")
+    assert isinstance(final_loss, float) and math.isfinite(final_loss) and final_loss > 0
     assert hp == {
         "arch": "3layer",
         "width": 8,
@@ -211,6 +213,8 @@ def test_hparams_contents():
         "weight_decay": 5e-3,
         "selection": "fixed",
         "lr_readout": 0.05,
+        "grid_edge": [],
+        "diverged": False,
     }
     assert model.search_results_ == []
     json.dumps(hp)
