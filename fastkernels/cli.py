@@ -164,9 +164,25 @@ def _cmd_run(args) -> int:
         ray_address=args.ray_address,
     )
     if not args.quiet:
+        others = (
+            f", {result.by_others} by other processes sharing the store" if result.by_others else ""
+        )
         print(
-            f"{spec.name}: ran {result.ran} trials, {result.skipped} already stored "
-            f"({result.total} in the sweep); store: {store}"
+            f"{spec.name}: ran {result.ran} trials in this process{others}, {result.skipped} "
+            f"already stored ({result.total} in the sweep); store: {store}"
+        )
+        if result.unused:
+            print(
+                f"{spec.name}: {result.unused} stored trials under this sweep's name are not in "
+                "it now (an earlier version of it); the report shows them as configurations of "
+                "their own"
+            )
+    if result.flagged or not args.quiet:
+        # The status of the numbers is part of the result: said even with --quiet (on stderr
+        # then, where it does not disturb a script reading the report path).
+        print(
+            f"{spec.name}: {_status_line(result.flagged, result.total)}",
+            file=sys.stderr if args.quiet else sys.stdout,
         )
     if args.no_report:
         return 0
@@ -177,6 +193,17 @@ def _cmd_run(args) -> int:
         print()
     print(f"report: {report}")
     return 0
+
+
+def _status_line(flagged: dict, total: int) -> str:
+    """``status: 1 unconverged, 0 diverged, 4 at a grid edge (of 20 trials) ...``"""
+    parts = [
+        f"{flagged.get('unconverged', 0)} unconverged",
+        f"{flagged.get('diverged', 0)} diverged",
+        f"{flagged.get('grid_edge', 0)} at a grid edge",
+    ]
+    tail = "; marked in the report" if flagged else ""
+    return f"status: {', '.join(parts)} (of {total} trials){tail}"
 
 
 def _cmd_report(args) -> int:

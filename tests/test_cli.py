@@ -16,32 +16,10 @@ from fastkernels.cli import main
 from fastkernels.experiments import ResultsStore
 
 
-class CliFake:
-    """Predicts zeros; ``fit`` rejects ``ridge < 0`` like a real estimator, at N = ``bad_n``."""
-
-    def __init__(self, ridge=1.0, bad_n=0, random_state=0):
-        self.ridge = ridge
-        self.bad_n = bad_n
-        self.random_state = random_state
-
-    def fit(self, X, Y):
-        if len(X) == self.bad_n:
-            raise ValueError(f"CliFake: ridge must be >= 0,\ngot {self.ridge}")
-        self.k_ = Y.shape[1]
-        self.hparams_ = {"ridge": self.ridge}
-        return self
-
-    def predict(self, X):
-        return torch.zeros(len(X), self.k_)
-
-
 @pytest.fixture
 def fake(monkeypatch):
-    mod_name = "_fastkernels_test_cli_fake"
-    mod = type(sys)(mod_name)
-    mod.CliFake = CliFake
-    monkeypatch.setitem(sys.modules, mod_name, mod)
-    monkeypatch.setitem(learners_mod.LEARNERS, "cli_fake", (mod_name, "CliFake"))
+    # tests/ is on sys.path (a test folder without __init__.py), also in trial processes
+    monkeypatch.setitem(learners_mod.LEARNERS, "cli_fake", ("cli_fake", "CliFake"))
 
 
 SPEC = """
@@ -92,7 +70,8 @@ def test_run_then_report(fake, tmp_path, capsys, monkeypatch):
     # a second run skips everything and prints the summary table
     assert main(["run", str(spec), "--no-report"]) == 0
     captured = capsys.readouterr()
-    assert "ran 0 trials, 4 already stored" in captured.out
+    assert "ran 0 trials in this process, 4 already stored" in captured.out
+    assert "status: 0 unconverged, 0 diverged, 0 at a grid edge (of 4 trials)" in captured.out
 
     assert main(["report", str(store), "--out", str(tmp_path / "rep"), "--c", "3"]) == 0
     out = capsys.readouterr().out

@@ -67,11 +67,16 @@ __all__ = [
     "trial_key",
     "canonical_json",
     "RUNNER_SET_PARAMS",
+    "NON_RESULT_PARAMS",
+    "resolved_params",
 ]
 
 DEFAULT_N_TEST = 10_000
 # Learner parameters the runner fills in per trial; a sweep file may not set them.
 RUNNER_SET_PARAMS = ("width", "random_state", "device")
+# Learner parameters that cannot change a result (what is printed while fitting): they are not
+# part of a trial's configuration, so adding ``verbose = false`` to a sweep reruns nothing.
+NON_RESULT_PARAMS = ("verbose", "progress")
 
 _TOP_KEYS = ("sweep", "concept", "learners", "report")
 _SWEEP_KEYS = ("name", "n_train", "seeds", "widths", "alphas", "betas", "n_test", "description")
@@ -199,6 +204,13 @@ class Trial:
             {"concept": {"name": ..., "params": {..., "alpha", "beta", "seed"}},
              "learner": {"type": ..., "label": ..., "params": {..., "width"?}},
              "n_train": int, "n_test": int, "seed": int}
+
+        The learner's ``params`` are its fully resolved configuration
+        (:func:`resolved_params`): every constructor parameter, defaults included, except the
+        ones the runner sets per trial and those that cannot change a result.
+    config_hash : str
+        sha256 hex digest of the learner's ``{"type", "params"}``: its configuration identity
+        (reports group by it, so two configurations under one label are never pooled).
     label, learner_type : str
     n_train, seed : int
     width : int or None
@@ -216,6 +228,7 @@ class Trial:
     alpha: float
     beta: float
     seed: int
+    config_hash: str = ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,6 +561,69 @@ def _concept_config(name: str, params: dict, alpha, beta, seed: int) -> tuple[di
 # expansion
 
 
+def resolved_params(type_name: str, params: dict) -> dict:
+    """A learner's fully resolved configuration: every constructor parameter with its value.
+
+    Defaults are filled in (so that a sweep which spells out a default and one that leaves it
+    out are the same configuration, and a changed default is a different one); the parameters
+    the runner sets per trial (``random_state``, ``device``) and those that cannot change a
+    result (:data:`NON_RESULT_PARAMS`) are left out. Values are plain JSON: tuples become lists,
+    torch dtypes their names (``"float32"``), which the learners accept back.
+
+    Parameters
+    ----------
+    type_name : str
+        Registry key of the learner.
+    params : dict
+        Constructor parameters from the sweep (``width`` included when the sweep sets it).
+
+    Returns
+    -------
+    dict
+    """
+    from .. import learners as learners_mod
+
+    est = learners_mod.make_learner(type_name, **params)
+    if hasattr(est, "get_params"):
+        full = dict(est.get_params(deep=False))
+    else:
+        sig = inspect.signature(type(est).__init__).parameters
+        full = {
+            name: p.default
+            for name, p in sig.items()
+            if name != "self" and p.default is not inspect.Parameter.empty
+        }
+        full.update(params)
+    skip = {"random_state", "device", *NON_RESULT_PARAMS}
+    return {k: _plain(v) for k, v in sorted(full.items()) if k not in skip}
+
+
+def _plain(value):
+    """JSON form of a resolved parameter value (see :func:`resolved_params`)."""
+    import torch
+
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"learner parameter value {value!r} is not a finite number")
+        return value
+    # An object default (a kernel instance, ...) has no stable JSON form: its repr stands in.
+    return repr(value)
+
+
+def learner_config_hash(learner: dict) -> str:
+    """sha256 hex digest of ``{"type", "params"}`` of a trial config's learner."""
+    ident = {"type": learner["type"], "params": learner["params"]}
+    return hashlib.sha256(canonical_json(ident).encode("ascii")).hexdigest()
+
+
 def expand(spec: SweepSpec) -> list[Trial]:
     """All trials of ``spec``, in the order learners x N x width x alpha x beta x seeds.
 
@@ -567,6 +643,10 @@ def expand(spec: SweepSpec) -> list[Trial]:
     trials: list[Trial] = []
     for lspec in spec.learners:
         widths = spec.widths if (lspec.takes_width and spec.widths) else (None,)
+        resolved = {
+            w: resolved_params(lspec.type, {**lspec.params, **({} if w is None else {"width": w})})
+            for w in widths
+        }
         for n, w, a, b, seed in itertools.product(
             lspec.n_train or spec.n_train,
             widths,
@@ -576,9 +656,7 @@ def expand(spec: SweepSpec) -> list[Trial]:
         ):
             cc, alpha, beta = concept_cfg[(a, b)]
             cparams = {**cc["params"], "seed": seed}
-            lparams = dict(lspec.params)
-            if w is not None:
-                lparams["width"] = w
+            lparams = resolved[w]
             config = {
                 "concept": {"name": spec.concept, "params": cparams},
                 "learner": {"type": lspec.type, "label": lspec.label, "params": lparams},
@@ -597,6 +675,7 @@ def expand(spec: SweepSpec) -> list[Trial]:
                     alpha=alpha,
                     beta=beta,
                     seed=seed,
+                    config_hash=learner_config_hash(config["learner"]),
                 )
             )
     return trials

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import pytest
 import torch
@@ -27,10 +28,12 @@ def test_run_trial_errors_and_runner_params(base_toml):
     res = run_trial(net.config, "cpu")
     # the runner passes random_state = seed and the device; hparams_ become plain JSON, with
     # the fit's measured time and peak memory beside them
-    fit_s = res["hparams"].pop("fit_time_s")
-    peak = res["hparams"].pop("fit_peak_rss_mib", None)  # absent where the peak is unreadable
+    fit_s, peak = res["fit_time_s"], res["peak_rss_mib"]
     assert res["hparams"] == {"width": net.width, "random_state": 1, "device": "cpu", "lr": 0.2}
-    assert 0 <= fit_s < res["wall_time_s"] and (peak is None or peak >= 0)
+    assert 0 <= fit_s < res["wall_time_s"] and (math.isnan(peak) or peak >= 0)
+    # a network's status: its final loss, not diverged, nothing at a grid edge
+    assert res["status"]["kind"] == "network" and res["status"]["final_loss"] == 0.5
+    assert res["status"]["diverged"] is False and res["flags"] == []
     assert res["k"] == 4 and res["threshold"] == pytest.approx(4 * 0.5**2)
     assert res["wall_time_s"] > 0 and {"fastkernels", "torch", "python", "platform"} <= set(
         res["versions"]
@@ -38,12 +41,13 @@ def test_run_trial_errors_and_runner_params(base_toml):
 
     kern = next(t for t in expand(spec) if t.label == "kern" and t.seed == 1)
     res = run_trial(kern.config, "cpu")
-    assert set(res["hparams"]) - {"fit_peak_rss_mib"} == {"fit_time_s"}
+    assert res["hparams"] == {} and res["status"]["kind"] == "other" and res["flags"] == []
     # FakeKernel predicts 0: the error is E ||H(x)||^2 summed over the k outputs (no 1/2)
     concept = make_concept("parity", d=8, k=4, alpha=0.5, seed=1)
     _, Yt = concept.test_set(50)
     X, Y = concept.sample(20)
     assert res["test_error"] == pytest.approx(float(Yt.pow(2).sum(1).mean()))
+    assert res["zero_error"] == pytest.approx(res["test_error"])
     assert res["train_error"] == pytest.approx(float(Y.pow(2).sum(1).mean()))
     # parity outputs are +-1 +- alpha: each squared-sum is k (1 + alpha^2) +- cross terms
     assert 2.0 < res["test_error"] < 8.0
@@ -112,16 +116,29 @@ def test_kernel_ridge_rows_carry_the_solver_status():
     # A kernel ridge trial's row says how its solve ended, next to the numbers it produced.
     config = {
         "seed": 0,
-        "n_train": 60,
+        "n_train": 600,  # beyond the exact preconditioner's rank: CG needs iterations
         "n_test": 20,
         "concept": {"name": "parity", "params": {"d": 8, "k": 4, "alpha": 0.5, "seed": 0}},
         "learner": {
             "type": "kernel_ridge",
             "label": "krr",
-            "params": {"kernel": "rbf", "ridge": 0.1, "solver": "cg"},
+            "params": {
+                "kernel": "rbf",
+                "kernel_params": {"gamma": 0.1},
+                "ridge": 1e-3,
+                "solver": "cg",
+            },
         },
     }
-    status = run_trial(config, "cpu")["hparams"]["solver_status"]
+    res = run_trial(config, "cpu")
+    status = res["status"]
+    assert status["kind"] == "kernel" and status["solver"] == "cg"
     assert status["converged"] is True and status["stop_reason"] == "converged"
     assert status["iterations"] >= 1 and status["final_residual"] <= 1e-4
-    assert status["compute_dtype"] == "float64"
+    assert status["compute_dtype"] == "float64" and status["n_centers"] is None
+    assert status["grid_edge"] == [] and res["flags"] == []
+    # two iterations cannot reach the tolerance: the row is marked, not only warned about
+    config["learner"]["params"]["max_iter"] = 2
+    res = run_trial(config, "cpu")
+    assert res["status"]["converged"] is False and res["flags"] == ["unconverged"]
+    assert any("not converged" in w.lower() for w in res["status"]["warnings"])

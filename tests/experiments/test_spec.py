@@ -10,9 +10,17 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from fastkernels.experiments import SpecError, expand, load_spec, parse_spec, trial_key
-from fastkernels.experiments.spec import list_presets, load_toml, preset_names
+from fastkernels.experiments.spec import (
+    learner_config_hash,
+    list_presets,
+    load_toml,
+    preset_names,
+    resolved_params,
+)
+from fastkernels.learners import make_learner
 
 pytestmark = pytest.mark.usefixtures("fake_learners")
 
@@ -61,11 +69,48 @@ def test_expand_cross_product(base_toml):
         "name": "parity",
         "params": {"d": 8, "k": 4, "alpha": 0.5, "beta": 1.0, "noise": 0.0, "seed": 0},
     }
-    assert cfg["learner"] == {"type": "fake_net", "label": "net", "params": {"lr": 0.2, "width": 4}}
+    # the learner's fully resolved configuration: every constructor parameter with its value,
+    # except what the runner sets per trial (random_state, device) and what cannot change a
+    # result (verbose)
+    assert cfg["learner"] == {
+        "type": "fake_net",
+        "label": "net",
+        "params": {"lr": 0.2, "width": 4, "fail_n": 0, "diverge": False, "alloc_mib": 0},
+    }
+    assert t.config_hash == learner_config_hash(cfg["learner"]) and len(t.config_hash) == 64
+    assert len({x.config_hash for x in net}) == 2  # one configuration per width
     assert (cfg["n_train"], cfg["n_test"], cfg["seed"]) == (20, 50, 0)
-    assert "width" not in kern[0].config["learner"]["params"]
+    assert kern[0].config["learner"]["params"] == {
+        "ridge": 1.0,
+        "converged": None,
+        "edge": False,
+    }
     json.dumps(cfg, allow_nan=False)  # JSON-able
     assert t.key == trial_key(cfg)
+
+
+def test_configuration_identity(base_toml):
+    """Spelling out a default or a setting that cannot change results is the same
+    configuration (same keys, nothing rerun); a changed value is another one."""
+    base = {t.key: t.config_hash for t in expand(parse_spec(base_toml, SRC))}
+    data = _data(base_toml)
+    data["learners"][0].update(verbose=False, fail_n=0)
+    data["learners"][1]["ridge"] = 1.0
+    assert {t.key: t.config_hash for t in expand(parse_spec(data, SRC))} == base
+    data["learners"][1]["ridge"] = 100.0
+    changed = expand(parse_spec(data, SRC))
+    kern = [t for t in changed if t.label == "kern"]
+    assert all(t.key not in base for t in kern) and len({t.config_hash for t in kern}) == 1
+    assert all(t.key in base for t in changed if t.label == "net")
+
+
+def test_resolved_params_are_plain_json():
+    params = resolved_params("kernel_ridge", {"kernel": "rbf", "dtype": torch.float32})
+    assert params["dtype"] == "float32" and params["ridge_grid"][0] == 1e-6
+    assert "verbose" not in params and "random_state" not in params and "device" not in params
+    json.dumps(params, allow_nan=False)
+    # the runner builds the learner back from them
+    assert make_learner("kernel_ridge", **params).get_params()["dtype"] == "float32"
 
 
 def test_expand_alphas_betas(base_toml):

@@ -32,8 +32,15 @@ def make_row(key="k1", **over):
         "hparams": {"lr": 0.1},
         "wall_time_s": 0.01,
         "versions": {"fastkernels": "0.1.0"},
-        "config": {"seed": 0},
+        "config": {"seed": 0, "learner": {"type": "fake_net", "params": {"lr": 0.1}}},
         "finished_at": "2024-01-01T00:00:00+00:00",
+        "config_hash": "h1",
+        "status": {"kind": "network", "final_loss": 0.1, "diverged": False},
+        "flags": [],
+        "fit_time_s": 0.005,
+        "peak_rss_mib": 12.5,
+        "zero_error": 1.25,
+        "device": "cpu",
     }
     row.update(over)
     return row
@@ -54,6 +61,7 @@ def test_new_store_roundtrip(tmp_path):
     assert set(rows[0]) == {c for c, _ in COLUMNS}
     assert rows[0]["test_error"] == 0.25 and rows[0]["hparams"] == {"lr": 0.1}
     assert rows[1]["width"] is None and math.isnan(rows[1]["test_error"])
+    assert rows[0]["flags"] == [] and rows[0]["fit_time_s"] == 0.005
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
 
@@ -67,13 +75,24 @@ def test_add_rejects_wrong_columns(tmp_path):
         assert len(st) == 0
 
 
-def test_empty_file_becomes_a_store(tmp_path):
+def test_empty_file_is_refused_untouched(tmp_path):
+    # a store is created complete under a temporary name, so an empty file was never one
     path = tmp_path / "r.db"
     path.touch()
-    with ResultsStore(path) as st:
-        st.add(make_row())
-    with ResultsStore(path, create=False) as st:
-        assert len(st) == 1
+    for create in (True, False):
+        with pytest.raises(StoreError, match=r"empty file \(0 bytes\)"):
+            ResultsStore(path, create=create)
+    assert path.stat().st_size == 0 and os.listdir(tmp_path) == ["r.db"]
+
+
+def test_flags_status_and_nan_roundtrip(tmp_path):
+    with ResultsStore(tmp_path / "r.db") as st:
+        st.add(make_row("a", flags=["unconverged", "grid_edge"], peak_rss_mib=float("nan")))
+        with pytest.raises(ValueError, match="unknown flags"):
+            st.add(make_row("b", flags=["slow"]))
+        (row,) = st.rows()
+    assert row["flags"] == ["unconverged", "grid_edge"] and math.isnan(row["peak_rss_mib"])
+    assert row["status"]["kind"] == "network" and row["config_hash"] == "h1"
 
 
 def _foreign_sqlite(path):
