@@ -440,7 +440,9 @@ def _legend_line(cells: list[dict[str, int]], noun: str = "cell") -> str:
 
 
 def _plural(word: str, n: int) -> str:
-    return word if n == 1 else word + "s"
+    if n == 1:
+        return word
+    return word[:-1] + "ies" if word.endswith("y") else word + "s"
 
 
 def _status_line(rows: list[dict]) -> str:
@@ -482,6 +484,27 @@ def _by_seed(rows: list[dict], describe) -> str:
         f"{_plural('seed', len(seeds))} {', '.join(seeds)}: {why}"
         for why, seeds in seeds_of.items()
     )
+
+
+def _fit_status_cell(rows: list[dict]) -> str:
+    """``"cholesky: 2/2 converged, residual <= 3e-13"`` or ``"0/2 diverged, loss <= 0.05"``."""
+    statuses = [r.get("status") or {} for r in rows]
+    kinds = {st.get("kind") for st in statuses}
+    if kinds == {"kernel"}:
+        solvers = ", ".join(dict.fromkeys(str(st.get("solver")) for st in statuses))
+        conv = sum(1 for st in statuses if st.get("converged") is True)
+        res = [_float(st.get("final_residual")) for st in statuses]
+        worst = max(res) if res else math.nan
+        text = f"{solvers}: {conv}/{len(rows)} converged"
+        return text + (f", residual <= {_short_value(worst)}" if math.isfinite(worst) else "")
+    if kinds == {"network"}:
+        div = sum(1 for st in statuses if st.get("diverged"))
+        losses = [_float(st.get("final_loss")) for st in statuses]
+        text = f"{div}/{len(rows)} diverged"
+        if any(math.isnan(x) for x in losses):
+            return text + ", a final loss is nan"
+        return text + (f", loss <= {_short_value(max(losses))}" if losses else "")
+    return "-"
 
 
 def _status_section(st: Setting) -> list[str]:
@@ -712,6 +735,21 @@ def _markdown(settings, figures, rows, sweeps, store_path) -> str:
                 t_text = "-" if math.isnan(t) else f"{_short_num(t)} s"
                 m_text = "-" if math.isnan(mem) else f"{_short_num(mem)} MiB"
                 cells.append(f"{t_text} / {m_text}")
+            body.append(cells)
+        out += _table(lead_head + [f"N={n}" for n in ns], body)
+
+        out += ["", "### Fit status", ""]
+        out.append(
+            "Each cell, over the cell's trials: kernel learners: the solver, how many solves "
+            "converged and the largest final true relative residual; networks: how many "
+            "diverged and the largest final training loss."
+        )
+        out.append("")
+        body = []
+        for s in series:
+            cells = _lead(s, has_w)
+            for n in ns:
+                cells.append(_fit_status_cell(s.trials.get(n, [])) if n in s.errors else "")
             body.append(cells)
         out += _table(lead_head + [f"N={n}" for n in ns], body)
 

@@ -24,7 +24,15 @@ import torch
 
 from .._resources import measure
 from .spec import SweepSpec, Trial, expand
-from .store import CLAIM_TTL_S, Owner, ResultsStore, StoreError, _jsonable, spill
+from .store import (
+    CLAIM_TTL_S,
+    Owner,
+    ResultsStore,
+    StoreError,
+    _jsonable,
+    _process_start,
+    spill,
+)
 
 __all__ = [
     "TrialError",
@@ -569,8 +577,15 @@ class _TrialProcess:
         if "forkserver" in methods:
             # Imported once by the server; every trial process is a fork of it.
             ctx.set_forkserver_preload(list(_PRELOAD))
+        import os
+
+        me = os.getpid()
         self._pool = ProcessPoolExecutor(
-            max_workers=1, mp_context=ctx, max_tasks_per_child=1, initializer=_worker_init
+            max_workers=1,
+            mp_context=ctx,
+            max_tasks_per_child=1,
+            initializer=_worker_init,
+            initargs=(me, _process_start(me)),
         )
 
     def run(self, config: dict, device: str) -> dict:
@@ -614,17 +629,39 @@ _PRELOAD = (
 )
 
 
-def _worker_init() -> None:
-    """In a trial process: die with the process that started it (Linux), so that a killed
-    sweep leaves no trial computing."""
-    try:
-        import ctypes
-        import signal
+def _worker_init(parent_pid: int, parent_start: str | None) -> None:
+    """In a trial process: exit as soon as the sweep process that asked for it is gone.
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the pipe to the parent closes instead
-        pass
+    A trial process is a child of the fork server, not of the sweep, and it holds the pipe
+    that tells the server its client is alive: without this watch a SIGKILLed sweep would leave
+    the server and its trial process running for good.
+    """
+    import os
+    import threading
+
+    def gone() -> bool:
+        if parent_start is not None:  # pid and start time: a reused pid is not the sweep
+            return _process_start(parent_pid) != parent_start
+        return not _alive(parent_pid)
+
+    def watch():
+        while not gone():
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fastkernels-parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _worker_trial(config: dict, device: str, entry) -> dict:

@@ -47,6 +47,24 @@ def _count(path) -> int:
         return 0
 
 
+def _processes_mentioning(path) -> list[str]:
+    """Command lines of live processes that name ``path`` (Linux /proc; empty elsewhere)."""
+    found = []
+    for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        except OSError:
+            continue
+        if str(path) in cmd and not zombie:
+            found.append(f"{pid}: {cmd[:120]}")
+    return found
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 def test_sigkill_then_resume(tmp_path):
     try:
@@ -89,6 +107,12 @@ def test_sigkill_then_resume(tmp_path):
         proc.stderr.close()
     expected = sorted(t.key for t in expand(load_spec(spec_path)))
     assert proc.returncode == -signal.SIGKILL
+    # Nothing of the killed run keeps computing: its trial process and the fork server it came
+    # from exit (their command lines carry the run's folder, from its sys.path).
+    deadline = time.monotonic() + 20
+    while _processes_mentioning(tmp_path):
+        assert time.monotonic() < deadline, _processes_mentioning(tmp_path)
+        time.sleep(0.2)
     with ResultsStore(store) as st:  # rolls back a hot journal left by the kill, if any
         n_killed = len(st)
     assert 1 <= n_killed < len(expected), "the kill should land mid-sweep"
