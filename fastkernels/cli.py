@@ -145,12 +145,12 @@ def _fail(exc: BaseException) -> int:
 
 def _cmd_run(args) -> int:
     from .experiments import load_spec, run_sweep, summary_table, write_report
-    from .experiments.runner import _import_ray, check_device
+    from .experiments.runner import check_device, import_ray
 
     spec = load_spec(args.spec)
     # Check everything that can fail cheaply before the store is created or a trial runs.
     if args.executor == "ray":
-        _import_ray()
+        import_ray()
     device = check_device(args.device, require_available=args.executor == "local")
     store = Path(args.store) if args.store else Path(DEFAULT_RESULTS_DIR) / spec.name / "results.db"
     out = Path(args.out) if args.out else store.parent
@@ -227,7 +227,7 @@ def _cmd_info(args) -> int:
     import torch
 
     from . import __version__
-    from .learners import LEARNERS, learner_class
+    from .learners import LEARNERS
 
     print(f"fastkernels  {__version__}")
     print(f"python       {platform.python_version()} ({platform.platform()})")
@@ -251,13 +251,8 @@ def _cmd_info(args) -> int:
     print(f"  {'CPU tensors':<16} {cpu}")
     print(f"  {'CUDA tensors':<16} {cuda}")
     print("learners:")
-    for type_name in LEARNERS:
-        try:
-            cls = learner_class(type_name)
-            status = f"ok ({cls.__name__})"
-        except Exception as exc:  # any import problem is worth showing, not raising
-            status = f"absent ({type(exc).__name__}: {' '.join(str(exc).split())})"
-        print(f"  {type_name:<16} {status}")
+    for type_name, cls in LEARNERS.items():
+        print(f"  {type_name:<16} {cls.__module__}.{cls.__qualname__}")
     return 0
 
 

@@ -18,8 +18,11 @@ from fastkernels.experiments import ResultsStore
 
 @pytest.fixture
 def fake(monkeypatch):
-    # tests/ is on sys.path (a test folder without __init__.py), also in trial processes
-    monkeypatch.setitem(learners_mod.LEARNERS, "cli_fake", ("cli_fake", "CliFake"))
+    # tests/ is on sys.path (a test folder without __init__.py), also in the trial processes,
+    # which unpickle the registered class by module and name.
+    from cli_fake import CliFake
+
+    monkeypatch.setitem(learners_mod.LEARNERS, "cli_fake", CliFake)
 
 
 SPEC = """

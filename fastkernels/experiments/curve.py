@@ -29,7 +29,11 @@ from collections.abc import Sequence
 
 import torch
 
+from ..concepts import make_concept
+from ..learners import make_learner
 from ..learners.base import squared_error
+from .spec import load_spec
+from .trials import expand
 
 __all__ = ["learning_curve", "preset_curves", "main"]
 
@@ -131,10 +135,6 @@ def preset_curves(
     list of dict
         The curve points with ``label`` and ``seed`` added.
     """
-    from ..concepts import make_concept
-    from ..learners import make_learner
-    from .spec import expand, load_spec
-
     spec = load_spec(preset)
     sizes = [n for n in spec.n_train if n_max is None or n <= n_max]
     rows = []

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .._resources import measure
-from .spec import SweepSpec, Trial, expand
+from .spec import SweepSpec, Trial
 from .store import (
     CLAIM_TTL_S,
     Owner,
@@ -33,6 +33,7 @@ from .store import (
     _process_start,
     spill,
 )
+from .trials import expand
 
 __all__ = [
     "TrialError",
@@ -160,7 +161,7 @@ def run_trial(config: dict, device: str = "cpu") -> dict:
     Parameters
     ----------
     config : dict
-        A trial config as built by :func:`fastkernels.experiments.spec.expand`.
+        A trial config as built by :func:`fastkernels.experiments.trials.expand`.
     device : str, default "cpu"
         Passed to the learner as ``device`` when its constructor accepts it; otherwise the data
         are moved there (so the learner computes where its inputs live).
@@ -404,7 +405,7 @@ def run_sweep(
         raise ValueError(f"unknown executor {executor!r}; expected one of {', '.join(EXECUTORS)}")
     if isolation not in ISOLATIONS:
         raise ValueError(f"unknown isolation {isolation!r}; expected one of {ISOLATIONS}")
-    ray = _import_ray() if executor == "ray" else None
+    ray = import_ray() if executor == "ray" else None
     device = check_device(device, require_available=executor == "local")
     trials = expand(spec)
 
@@ -714,7 +715,8 @@ class _Heartbeat:
                 pass
 
 
-def _import_ray():
+def import_ray():
+    """The ``ray`` module, or an ImportError that says how to install it."""
     try:
         import ray
     except ImportError:

@@ -1,4 +1,4 @@
-"""Sweep specifications: a TOML file (or a named preset) turned into a list of trials.
+"""Sweep specifications: a TOML file (or a named preset) read and validated into a SweepSpec.
 
 A sweep is the cross product learners x N x width x alpha x beta x seeds on one concept. The file
 format is::
@@ -29,66 +29,43 @@ format is::
     c = 4.0                     # optional: sample-complexity threshold c * alpha^2
 
 Everything is checked while parsing, before any trial runs: a problem raises :class:`SpecError`
-with one line naming the file, the table, the key and what was expected.
+with one line naming the file, the table, the key and what was expected (the typed checks are in
+:mod:`._validate`, the bundled presets in :mod:`.presets`). :func:`.trials.expand` turns a
+:class:`SweepSpec` into its trials.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import itertools
-import json
-import math
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-try:  # Python >= 3.11
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10 needs the tomli backport
-    try:
-        import tomli as tomllib
-    except ModuleNotFoundError:
-        tomllib = None
+from ..concepts import CONCEPTS, make_concept
+from ..learners import LEARNERS, learner_params, make_learner
+from ._validate import SpecError, Validator, load_toml, one_line
+from .presets import preset_names, preset_text
 
 __all__ = [
-    "SpecError",
     "LearnerSpec",
     "SweepSpec",
     "Trial",
     "load_spec",
     "parse_spec",
-    "load_toml",
-    "preset_names",
-    "list_presets",
-    "expand",
-    "trial_key",
-    "canonical_json",
     "RUNNER_SET_PARAMS",
-    "NON_RESULT_PARAMS",
-    "resolved_params",
 ]
 
 DEFAULT_N_TEST = 10_000
 # Learner parameters the runner fills in per trial; a sweep file may not set them.
 RUNNER_SET_PARAMS = ("width", "random_state", "device")
-# Learner parameters that cannot change a result (what is printed while fitting): they are not
-# part of a trial's configuration, so adding ``verbose = false`` to a sweep reruns nothing.
-NON_RESULT_PARAMS = ("verbose", "progress")
 
 _TOP_KEYS = ("sweep", "concept", "learners", "report")
 _SWEEP_KEYS = ("name", "n_train", "seeds", "widths", "alphas", "betas", "n_test", "description")
 _REPORT_KEYS = ("c",)
 # Sweep names become folder names (fastkernels-results/<name>/), so keep them path-safe.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-# Presets are package data of fastkernels.experiments (pyproject: presets/*.toml), not a package.
-_PRESET_PACKAGE = "fastkernels.experiments"
-
-
-class SpecError(ValueError):
-    """A sweep file or preset is invalid; the message is one line naming the key at fault."""
 
 
 @dataclass(frozen=True)
@@ -206,8 +183,9 @@ class Trial:
              "n_train": int, "n_test": int, "seed": int}
 
         The learner's ``params`` are its fully resolved configuration
-        (:func:`resolved_params`): every constructor parameter, defaults included, except the
-        ones the runner sets per trial and those that cannot change a result.
+        (:func:`fastkernels.experiments.trials.resolved_params`): every constructor parameter,
+        defaults included, except the ones the runner sets per trial and those that cannot
+        change a result.
     config_hash : str
         sha256 hex digest of the learner's ``{"type", "params"}``: its configuration identity
         (reports group by it, so two configurations under one label are never pooled).
@@ -231,64 +209,11 @@ class Trial:
     config_hash: str = ""
 
 
-# --------------------------------------------------------------------------------------------
-# keys
-
-
-def canonical_json(obj) -> str:
-    """Compact JSON with sorted keys, ASCII only and no NaN: identical text for equal configs.
-
-    Python's float repr is the shortest round-tripping form on every supported version, so the
-    text (and any hash of it) does not depend on the process or the Python version.
-    """
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    )
-
-
-def trial_key(config: dict) -> str:
-    """The stable key of a trial config: sha256 hex digest of :func:`canonical_json`."""
-    return hashlib.sha256(canonical_json(config).encode("ascii")).hexdigest()
-
-
-# --------------------------------------------------------------------------------------------
-# loading
-
-
-def preset_names() -> list[str]:
-    """Names of the bundled presets (``fastkernels/experiments/presets/*.toml``), sorted."""
-    root = _preset_dir()
-    if not root.is_dir():
-        return []
-    return sorted(p.name[: -len(".toml")] for p in root.iterdir() if p.name.endswith(".toml"))
-
-
-def _preset_dir():
-    return resources.files(_PRESET_PACKAGE).joinpath("presets")
-
-
-def _preset_text(name: str) -> str:
-    return _preset_dir().joinpath(f"{name}.toml").read_text(encoding="utf-8")
-
-
-def list_presets() -> list[tuple[str, str]]:
-    """``(name, description)`` of every bundled preset, without validating learners."""
-    out = []
-    for name in preset_names():
-        try:
-            data = load_toml(_preset_text(name), f"preset:{name}")
-            desc = str(data.get("sweep", {}).get("description", ""))
-        except SpecError as exc:
-            desc = f"(invalid: {exc})"
-        out.append((name, " ".join(desc.split())))
-    return out
-
-
 def load_spec(ref: str | Path) -> SweepSpec:
     """Load a sweep from a TOML file path or a preset name.
 
     ``ref`` is read as a file when it names an existing path or ends in ``.toml``; otherwise it
-    must be a preset name (see :func:`preset_names`).
+    must be a preset name (see :func:`fastkernels.experiments.presets.preset_names`).
 
     Raises
     ------
@@ -308,23 +233,7 @@ def load_spec(ref: str | Path) -> SweepSpec:
     names = preset_names()
     if ref_s not in names:
         raise SpecError(f"{ref_s!r} is neither a preset ({', '.join(names)}) nor a .toml file")
-    return parse_spec(_preset_text(ref_s), source=f"preset:{ref_s}")
-
-
-def load_toml(text: str, source: str = "<string>") -> dict:
-    """Parse TOML text (stdlib ``tomllib``; the ``tomli`` backport on Python 3.10).
-
-    Raises
-    ------
-    SpecError
-        Syntax error, as one line naming ``source``, line and column.
-    """
-    if tomllib is None:  # pragma: no cover - Python 3.10 without tomli
-        raise SpecError("reading sweep files needs Python >= 3.11 or the 'tomli' package")
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{source}: invalid TOML: {_one_line(str(exc))}") from None
+    return parse_spec(preset_text(ref_s), source=f"preset:{ref_s}")
 
 
 def parse_spec(text_or_data: str | dict, source: str = "<string>") -> SweepSpec:
@@ -347,7 +256,7 @@ def parse_spec(text_or_data: str | dict, source: str = "<string>") -> SweepSpec:
         One line naming ``source``, the table and the key, and what was expected.
     """
     data = load_toml(text_or_data, source) if isinstance(text_or_data, str) else text_or_data
-    v = _Validator(source)
+    v = Validator(source)
     if not isinstance(data, dict):
         raise v.error("", "", "expected a TOML document (a table)", data)
     v.no_unknown_keys(data, _TOP_KEYS, "top level")
@@ -387,9 +296,7 @@ def parse_spec(text_or_data: str | dict, source: str = "<string>") -> SweepSpec:
     for i, lspec in enumerate(learners, 1):
         # What the sample counts decide (a budget the solver cannot honour, more centres than
         # samples) fails here, before a store is created, not in the middle of the sweep.
-        from .. import learners as learners_mod
-
-        est = learners_mod.make_learner(lspec.type, **lspec.params)
+        est = make_learner(lspec.type, **lspec.params)
         if hasattr(est, "check_fit_plan"):
             for n in lspec.n_train or n_train:
                 try:
@@ -397,7 +304,7 @@ def parse_spec(text_or_data: str | dict, source: str = "<string>") -> SweepSpec:
                 except (ValueError, TypeError) as exc:
                     raise SpecError(
                         f"{v.source}: [[learners]] #{i} ({lspec.label!r}) at n_train = {n}: "
-                        f"{_one_line(str(exc))}"
+                        f"{one_line(str(exc))}"
                     ) from None
     seen: dict[str, int] = {}
     for i, spec in enumerate(learners, 1):
@@ -434,9 +341,7 @@ def parse_spec(text_or_data: str | dict, source: str = "<string>") -> SweepSpec:
     )
 
 
-def _parse_concept(v: _Validator, tbl: dict, alphas, betas) -> tuple[str, dict]:
-    from ..concepts import CONCEPTS
-
+def _parse_concept(v: Validator, tbl: dict, alphas, betas) -> tuple[str, dict]:
     name = v.string(tbl, "name", "[concept]", required=True)
     if name not in CONCEPTS:
         raise v.error("[concept]", "name", f"one of {', '.join(sorted(CONCEPTS))}", name)
@@ -468,15 +373,13 @@ def _parse_concept(v: _Validator, tbl: dict, alphas, betas) -> tuple[str, dict]:
     # reported now rather than halfway through a sweep.
     for alpha, beta in itertools.product(alphas or (None,), betas or (None,)):
         try:
-            _concept_config(name, params, alpha, beta, seed=0)
+            concept_config(name, params, alpha, beta, seed=0)
         except (ValueError, TypeError) as exc:
-            raise SpecError(f"{v.source}: [concept]: {_one_line(str(exc))}") from None
+            raise SpecError(f"{v.source}: [concept]: {one_line(str(exc))}") from None
     return name, params
 
 
-def _parse_learner(v: _Validator, i: int, entry) -> LearnerSpec:
-    from .. import learners as learners_mod
-
+def _parse_learner(v: Validator, i: int, entry) -> LearnerSpec:
     where = f"[[learners]] #{i}"
     if not isinstance(entry, dict):
         raise v.error("", where, "a table", entry)
@@ -485,19 +388,9 @@ def _parse_learner(v: _Validator, i: int, entry) -> LearnerSpec:
         raise v.error(where, "label", "a non-empty label", label)
     where = f"[[learners]] #{i} ({label!r})"
     type_name = v.string(entry, "type", where, required=True)
-    if type_name not in learners_mod.LEARNERS:
-        raise v.error(
-            where, "type", f"one of {', '.join(sorted(learners_mod.LEARNERS))}", type_name
-        )
-    try:
-        accepted = learners_mod.learner_params(type_name)
-    except ImportError as exc:
-        # The registry names a module that is not importable (not written yet, or a missing
-        # optional dependency): report it as a spec problem so nothing runs.
-        raise SpecError(
-            f"{v.source}: {where}: learner type {type_name!r} cannot be imported "
-            f"({type(exc).__name__}: {_one_line(str(exc))})"
-        ) from None
+    if type_name not in LEARNERS:
+        raise v.error(where, "type", f"one of {', '.join(sorted(LEARNERS))}", type_name)
+    accepted = learner_params(type_name)
     own_n = v.int_list(entry, "n_train", where, minimum=1)
     params = {k: val for k, val in entry.items() if k not in ("label", "type", "n_train")}
     for key, val in params.items():
@@ -517,11 +410,11 @@ def _parse_learner(v: _Validator, i: int, entry) -> LearnerSpec:
     # Build the estimator once and let it check its own parameter values, so that a bad value
     # (lr <= 0, an unknown arch, ...) is reported now rather than halfway through a sweep.
     try:
-        est = learners_mod.make_learner(type_name, **params)
+        est = make_learner(type_name, **params)
         if hasattr(est, "check_params"):
             est.check_params()
     except (ValueError, TypeError) as exc:
-        raise SpecError(f"{v.source}: {where}: {_one_line(str(exc))}") from None
+        raise SpecError(f"{v.source}: {where}: {one_line(str(exc))}") from None
     return LearnerSpec(
         label=label,
         type=type_name,
@@ -537,15 +430,37 @@ def _init_params(cls) -> list[str]:
     return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
 
-def _concept_config(name: str, params: dict, alpha, beta, seed: int) -> tuple[dict, float, float]:
+def concept_config(name: str, params: dict, alpha, beta, seed: int) -> tuple[dict, float, float]:
     """The concept's config for one alpha/beta/seed, and its effective alpha and beta.
 
     The config's ``params`` are ``concept.params()``: every constructor argument, defaults
     included, so that the runner can rebuild the concept from them and the trial key changes if
     a default ever changes (a different target is a different trial).
-    """
-    from ..concepts import make_concept
 
+    Parameters
+    ----------
+    name : str
+        Concept registry name.
+    params : dict
+        Concept parameters from the sweep file.
+    alpha, beta : float or None
+        Values set by the sweep's ``alphas``/``betas``; ``None`` keeps ``params``'s (or the
+        default).
+    seed : int
+        The concept's seed.
+
+    Returns
+    -------
+    config : dict
+        ``{"name": name, "params": {...}}``, JSON-able.
+    alpha, beta : float
+        The concept's effective alpha and beta.
+
+    Raises
+    ------
+    ValueError, TypeError
+        The concept rejects its parameters.
+    """
     kwargs = dict(params)
     if alpha is not None:
         kwargs["alpha"] = alpha
@@ -555,263 +470,3 @@ def _concept_config(name: str, params: dict, alpha, beta, seed: int) -> tuple[di
     full = dict(concept.params())
     full["seed"] = seed
     return {"name": name, "params": full}, float(concept.alpha), float(concept.beta)
-
-
-# --------------------------------------------------------------------------------------------
-# expansion
-
-
-def resolved_params(type_name: str, params: dict) -> dict:
-    """A learner's fully resolved configuration: every constructor parameter with its value.
-
-    Defaults are filled in (so that a sweep which spells out a default and one that leaves it
-    out are the same configuration, and a changed default is a different one); the parameters
-    the runner sets per trial (``random_state``, ``device``) and those that cannot change a
-    result (:data:`NON_RESULT_PARAMS`) are left out. Values are plain JSON: tuples become lists,
-    torch dtypes their names (``"float32"``), which the learners accept back.
-
-    Parameters
-    ----------
-    type_name : str
-        Registry key of the learner.
-    params : dict
-        Constructor parameters from the sweep (``width`` included when the sweep sets it).
-
-    Returns
-    -------
-    dict
-    """
-    from .. import learners as learners_mod
-
-    est = learners_mod.make_learner(type_name, **params)
-    if hasattr(est, "get_params"):
-        full = dict(est.get_params(deep=False))
-    else:
-        sig = inspect.signature(type(est).__init__).parameters
-        full = {
-            name: p.default
-            for name, p in sig.items()
-            if name != "self" and p.default is not inspect.Parameter.empty
-        }
-        full.update(params)
-    skip = {"random_state", "device", *NON_RESULT_PARAMS}
-    return {k: _plain(v) for k, v in sorted(full.items()) if k not in skip}
-
-
-def _plain(value):
-    """JSON form of a resolved parameter value (see :func:`resolved_params`)."""
-    import torch
-
-    if isinstance(value, torch.dtype):
-        return str(value).removeprefix("torch.")
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if value is None or isinstance(value, (str, bool, int)):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"learner parameter value {value!r} is not a finite number")
-        return value
-    # An object default (a kernel instance, ...) has no stable JSON form: its repr stands in.
-    return repr(value)
-
-
-def learner_config_hash(learner: dict) -> str:
-    """sha256 hex digest of ``{"type", "params"}`` of a trial config's learner."""
-    ident = {"type": learner["type"], "params": learner["params"]}
-    return hashlib.sha256(canonical_json(ident).encode("ascii")).hexdigest()
-
-
-def expand(spec: SweepSpec) -> list[Trial]:
-    """All trials of ``spec``, in the order learners x N x width x alpha x beta x seeds.
-
-    Learners without a ``width`` parameter are not multiplied by ``widths`` (their width is
-    ``None``); the same holds for every learner when the sweep sets no widths.
-
-    Returns
-    -------
-    list of Trial
-        Keys are unique within the list.
-    """
-    # Concept params per (alpha, beta), seed 0; the seed is substituted per trial below.
-    concept_cfg = {
-        (a, b): _concept_config(spec.concept, spec.concept_params, a, b, seed=0)
-        for a, b in itertools.product(spec.alphas or (None,), spec.betas or (None,))
-    }
-    trials: list[Trial] = []
-    for lspec in spec.learners:
-        widths = spec.widths if (lspec.takes_width and spec.widths) else (None,)
-        resolved = {
-            w: resolved_params(lspec.type, {**lspec.params, **({} if w is None else {"width": w})})
-            for w in widths
-        }
-        for n, w, a, b, seed in itertools.product(
-            lspec.n_train or spec.n_train,
-            widths,
-            spec.alphas or (None,),
-            spec.betas or (None,),
-            spec.seeds,
-        ):
-            cc, alpha, beta = concept_cfg[(a, b)]
-            cparams = {**cc["params"], "seed": seed}
-            lparams = resolved[w]
-            config = {
-                "concept": {"name": spec.concept, "params": cparams},
-                "learner": {"type": lspec.type, "label": lspec.label, "params": lparams},
-                "n_train": n,
-                "n_test": spec.n_test,
-                "seed": seed,
-            }
-            trials.append(
-                Trial(
-                    key=trial_key(config),
-                    config=config,
-                    label=lspec.label,
-                    learner_type=lspec.type,
-                    n_train=n,
-                    width=w,
-                    alpha=alpha,
-                    beta=beta,
-                    seed=seed,
-                    config_hash=learner_config_hash(config["learner"]),
-                )
-            )
-    return trials
-
-
-# --------------------------------------------------------------------------------------------
-# validation helpers
-
-
-def _one_line(s: str) -> str:
-    return " ".join(s.split())
-
-
-def _show(value) -> str:
-    s = _one_line(repr(value))
-    return s if len(s) <= 60 else s[:57] + "..."
-
-
-class _Validator:
-    """Typed accessors that raise one-line :class:`SpecError` naming source, table and key."""
-
-    def __init__(self, source: str):
-        self.source = source
-
-    def error(self, table: str, key: str, expected: str, got, unknown: bool = False) -> SpecError:
-        if unknown:
-            return SpecError(f"{self.source}: {table}: unknown key {key!r}; expected {expected}")
-        where = " ".join(p for p in (table, key) if p)
-        return SpecError(f"{self.source}: {where}: expected {expected}, got {_show(got)}")
-
-    def no_unknown_keys(self, tbl: dict, allowed, table: str) -> None:
-        for key in tbl:
-            if key not in allowed:
-                raise SpecError(
-                    f"{self.source}: {table}: unknown key {key!r}; expected one of "
-                    f"{', '.join(allowed)}"
-                )
-
-    def table(self, data: dict, key: str, required: bool = False) -> dict:
-        if key not in data:
-            if required:
-                raise SpecError(f"{self.source}: missing required table [{key}]")
-            return {}
-        val = data[key]
-        if not isinstance(val, dict):
-            raise self.error("", f"[{key}]", "a table", val)
-        return val
-
-    def _missing(self, table: str, key: str) -> SpecError:
-        return SpecError(f"{self.source}: {table}: missing required key {key!r}")
-
-    def string(self, tbl, key, table, required=False, default=None) -> str:
-        if key not in tbl:
-            if required:
-                raise self._missing(table, key)
-            return default
-        val = tbl[key]
-        if not isinstance(val, str) or (required and not val):
-            raise self.error(table, key, "a non-empty string" if required else "a string", val)
-        return val
-
-    def int_value(self, tbl, key, table, minimum, default=None) -> int:
-        if key not in tbl:
-            return default
-        val = tbl[key]
-        if not _is_int(val) or val < minimum:
-            raise self.error(table, key, _int_desc(minimum, plural=False), val)
-        return int(val)
-
-    def int_list(self, tbl, key, table, minimum, required=False):
-        if key not in tbl:
-            if required:
-                raise self._missing(table, key)
-            return None
-        val = tbl[key]
-        want = f"a non-empty list of {_int_desc(minimum, plural=True)}"
-        if (
-            not isinstance(val, list)
-            or not val
-            or not all(_is_int(x) and x >= minimum for x in val)
-        ):
-            raise self.error(table, key, want, val)
-        if len(set(val)) != len(val):
-            raise self.error(table, key, f"{want} without duplicates", val)
-        return tuple(int(x) for x in val)
-
-    def float_list(self, tbl, key, table):
-        if key not in tbl:
-            return None
-        val = tbl[key]
-        want = "a non-empty list of finite numbers >= 0"
-        if not isinstance(val, list) or not val or not all(_is_real(x) and x >= 0 for x in val):
-            raise self.error(table, key, want, val)
-        out = tuple(float(x) for x in val)
-        if len(set(out)) != len(out):
-            raise self.error(table, key, f"{want} without duplicates", val)
-        return out
-
-    def number(self, tbl, key, table, positive=False) -> float:
-        val = tbl[key]
-        if not _is_real(val) or (positive and val <= 0):
-            raise self.error(table, key, "a finite number > 0" if positive else "a number", val)
-        return float(val)
-
-    def jsonable(self, val, table, key) -> None:
-        """Parameters end up in the trial config, so they must be plain JSON values."""
-        if not _is_jsonable(val):
-            raise self.error(
-                table, key, "a string, number, boolean, or a list/inline table of those", val
-            )
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_real(x) -> bool:
-    return (isinstance(x, (int, float)) and not isinstance(x, bool)) and math.isfinite(x)
-
-
-def _int_desc(minimum: int, plural: bool) -> str:
-    s = "s" if plural else ""
-    if minimum == 1:
-        return f"positive integer{s}"
-    if minimum == 0:
-        return f"non-negative integer{s}"
-    return f"integer{s} >= {minimum}"
-
-
-def _is_jsonable(x) -> bool:
-    if isinstance(x, (str, bool, int)):
-        return True
-    if isinstance(x, float):
-        return math.isfinite(x)
-    if isinstance(x, list):
-        return all(_is_jsonable(e) for e in x)
-    if isinstance(x, dict):
-        return all(isinstance(k, str) and _is_jsonable(e) for k, e in x.items())
-    return False

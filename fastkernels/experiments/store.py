@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .trials import learner_config_hash
+
 __all__ = [
     "APPLICATION_ID",
     "SCHEMA_VERSION",
@@ -648,8 +650,6 @@ def _fill_v1(row: dict) -> dict:
     """Schema-2 fields for a row written before they existed (from what the row recorded)."""
     hp = row.get("hparams") or {}
     if row.get("config_hash") is None:
-        from .spec import learner_config_hash
-
         learner = row["config"]["learner"]
         row["config_hash"] = learner_config_hash({"params": {}, **learner})
     if row.get("status") is None:

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
-
+# tests/experiments is on sys.path (a conftest folder without __init__.py), here and in the
+# runner's trial processes, which unpickle the registered classes by module and name.
+import fake_learners as fake_learners_mod
 import pytest
 
 from fastkernels import learners as learners_mod
-
-# tests/experiments is on sys.path (a conftest folder without __init__.py), here and in the
-# runner's trial processes.
-FAKE_MODULE = "fake_learners"
 
 
 @pytest.fixture
 def fake_learners(monkeypatch):
     """Register ``fake_net`` and ``fake_kernel`` in the learner registry for one test."""
-    mod = importlib.import_module(FAKE_MODULE)
-    monkeypatch.setitem(learners_mod.LEARNERS, "fake_net", (FAKE_MODULE, "FakeNet"))
-    monkeypatch.setitem(learners_mod.LEARNERS, "fake_kernel", (FAKE_MODULE, "FakeKernel"))
-    return mod
+    monkeypatch.setitem(learners_mod.LEARNERS, "fake_net", fake_learners_mod.FakeNet)
+    monkeypatch.setitem(learners_mod.LEARNERS, "fake_kernel", fake_learners_mod.FakeKernel)
+    return fake_learners_mod
 
 
 BASE_TOML = """

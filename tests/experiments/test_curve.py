@@ -10,13 +10,7 @@ from fastkernels.experiments import expand, load_spec
 from fastkernels.experiments.curve import learning_curve, preset_curves
 from fastkernels.learners import KernelRidge
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _parity(n):

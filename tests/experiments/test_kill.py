@@ -67,12 +67,6 @@ def _processes_mentioning(path) -> list[str]:
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 def test_sigkill_then_resume(tmp_path):
-    try:
-        from fastkernels.learners import learner_class
-
-        learner_class("kernel_ridge")
-    except ImportError as exc:
-        pytest.skip(f"KernelRidge not importable yet: {exc}")
     spec_path = tmp_path / "tiny.toml"
     spec_path.write_text(TINY)
     store = tmp_path / "S.db"

@@ -8,7 +8,7 @@ import pytest
 
 from fastkernels.experiments import ResultsStore, StoreError, summary_table, write_report
 from fastkernels.experiments.report import analyse, plot_vs_n, status_counts
-from fastkernels.experiments.spec import learner_config_hash
+from fastkernels.experiments.trials import learner_config_hash
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -17,7 +17,7 @@ from fastkernels.experiments import (
     run_sweep,
     run_trial,
 )
-from fastkernels.experiments.spec import load_toml
+from fastkernels.experiments._validate import load_toml
 
 pytestmark = pytest.mark.usefixtures("fake_learners")
 

@@ -17,7 +17,7 @@ from fastkernels.experiments import (
     summary_table,
     write_report,
 )
-from fastkernels.experiments.spec import load_toml
+from fastkernels.experiments._validate import load_toml
 
 pytestmark = pytest.mark.usefixtures("fake_learners")
 
