@@ -1,16 +1,17 @@
 """Kernel families as data (registry name + parameters) and their formulas.
 
-``formulas`` holds the readable torch reference of every kernel (``f(x1, x2, **params)`` ->
-(N, M) Gram), including the analytic infinite-width NNGP / NTK of the paper's ReLU networks;
-``base`` wraps them as validated :class:`Kernel` objects with ``__call__``, ``diag`` and a
-memory-free ``mv``. :func:`make_kernel` builds one from its registry name, e.g. from a sweep file.
+``formulas`` (:mod:`fastkernels.ops.formulas`, the ground floor the ops compute from) holds the
+readable torch reference of every kernel (``f(x1, x2, **params)`` -> (N, M) Gram), including
+the analytic infinite-width NNGP / NTK of the paper's ReLU networks; ``base`` wraps them as
+validated :class:`Kernel` objects with ``__call__``, ``diag`` and a memory-free ``mv``.
+:func:`make_kernel` builds one from its registry name, e.g. from a sweep file.
 """
 
 from __future__ import annotations
 
 import inspect
 
-from . import formulas
+from ..ops import formulas
 from .base import NNGP, NTK, RBF, ArcCosine, Kernel, Laplace, Linear, Matern, Polynomial
 
 KERNELS: dict[str, type[Kernel]] = {

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import ops
 from .._validation import check_choice, check_positive_float, check_positive_int
-from . import formulas as F
+from ..ops import formulas as F
 
 __all__ = [
     "Kernel",
@@ -61,11 +62,9 @@ class Kernel:
         """Parameters passed to the formula for inputs of dimension ``dim``."""
         return self.params()
 
-    def _op_params(self, dim: int) -> list[float]:
+    def op_params(self, dim: int) -> list[float]:
         """The packed ``params`` of the ``gram`` / ``kernel_mv`` ops for inputs of dimension
-        ``dim`` (layout in :mod:`fastkernels.ops._common`)."""
-        from .. import ops  # imported here: fastkernels.ops itself imports kernels.formulas
-
+        ``dim`` (layout in :func:`fastkernels.ops.pack_params`)."""
         return ops.pack_params(self.name, **self._formula_params(dim))
 
     # -- shared ---------------------------------------------------------------------------------
@@ -101,7 +100,7 @@ class Kernel:
         x1, x2 = self._check_inputs(x1, x2, where=f"{type(self).__name__}")
         # The same tensor twice marks the diagonal as self-pairs (exact k(0)).
         offset = 0 if x1 is x2 else None
-        params = self._op_params(x1.shape[1])  # first: it imports (registers) the ops
+        params = self.op_params(x1.shape[1])  # first: it imports (registers) the ops
         return torch.ops.fastkernels.gram(x1, x2, self.name, params, offset)
 
     def diag(self, x) -> Tensor:
@@ -140,12 +139,10 @@ class Kernel:
         -------
         Tensor, shape (N,) or (N, T) following ``v``, dtype and device of the inputs
         """
-        from ..ops import _keops  # imported here, as in _op_params
-
         where = f"{type(self).__name__}.mv"
-        _keops.check_backend(backend, where)
+        ops.check_backend(backend, where)
         if backend == "keops":
-            _keops.check_expressible(self.name, where)  # before any input is read
+            ops.check_keops_expressible(self.name, where)  # before any input is read
         x1, x2 = self._check_inputs(x1, x2, where=where)
         v = _check_tensor(v, name="v", where=where, ndim=(1, 2))
         if v.shape[0] != x2.shape[0]:
@@ -162,10 +159,10 @@ class Kernel:
             block_size = n
         else:
             block_size = check_positive_int(block_size, name="block_size", where=where)
-        params = self._op_params(x1.shape[1])
+        params = self.op_params(x1.shape[1])
         vv = v[:, None] if v.dim() == 1 else v
         same = x1 is x2
-        product = _keops.kernel_mv if backend == "keops" else torch.ops.fastkernels.kernel_mv
+        product = ops.keops_kernel_mv if backend == "keops" else torch.ops.fastkernels.kernel_mv
         if block_size >= n:
             offset = 0 if same else None
             out = product(x1, x2, vv, self.name, params, offset)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .. import ops
 from .._validation import (
     check_choice,
     check_nonnegative_float,
@@ -22,10 +23,11 @@ from ..solvers import (
     NystromPreconditioner,
     cg,
     cholesky,
+    format_bytes,
+    min_tile_bytes,
     nystrom_pcg,
     parse_bytes,
 )
-from ..solvers._common import format_bytes
 from .base import (
     BaseRegressor,
     GridEdgeWarning,
@@ -79,13 +81,6 @@ def nystrom_bytes(m: int, n_outputs: int) -> int:
     return 6 * m * m * 8 + 8 * m * n_outputs * 8
 
 
-def _tile_bytes(n: int, m: int, itemsize: int) -> int:
-    """The smallest tile a kernel operator needs (rows x M entries and their temporaries)."""
-    from ..solvers.operators import _TILE_TEMPS, MIN_TILE_ROWS
-
-    return min(n, MIN_TILE_ROWS) * m * itemsize * _TILE_TEMPS
-
-
 def choose_solver(
     n: int,
     n_outputs: int,
@@ -132,13 +127,13 @@ def choose_solver(
         )
     m = default_n_centers(n) if n_centers is None else min(n_centers, n)
     small = nystrom_bytes(m, n_outputs)
-    if small + _tile_bytes(n, m, compute_itemsize) < memory_budget:
+    if small + min_tile_bytes(n, m, compute_itemsize) < memory_budget:
         return "nystrom", (
             f"N = {n}: dense Gram {format_bytes(dense_bytes)} with its tiles, preconditioner and "
             f"runtime share exceeds {budget}; Nystrom approximation ({m} centres) by "
             "FALKON-preconditioned CG"
         )
-    if _tile_bytes(n, n, max(compute_itemsize, 8)) <= memory_budget:
+    if min_tile_bytes(n, n, max(compute_itemsize, 8)) <= memory_budget:
         return "cg", (
             f"N = {n}: neither the dense Gram nor {m} Nystrom centres' factors "
             f"({format_bytes(small)}) fit {budget}; exact kernel ridge by CG with every product "
@@ -146,7 +141,7 @@ def choose_solver(
         )
     raise ValueError(
         f"KernelRidge: memory_budget {budget} cannot hold one tile of {min(n, 16)} x {n} kernel "
-        f"entries ({format_bytes(_tile_bytes(n, n, 8))}) for N = {n}; raise memory_budget"
+        f"entries ({format_bytes(min_tile_bytes(n, n, 8))}) for N = {n}; raise memory_budget"
     )
 
 
@@ -359,16 +354,14 @@ class KernelRidge(BaseRegressor):
                 f"{where}: validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
             )
         check_choice(self.solver, SOLVERS, name="solver", where=where)
-        from ..ops import _keops  # light (pykeops is imported on first KeOps use only)
-
-        _keops.check_backend(self.backend, where)
+        ops.check_backend(self.backend, where)
         if self.backend == "keops":
             if self.solver != "cg":
                 raise ValueError(
                     f"{where}: backend='keops' runs the CG products only; pass solver='cg' "
                     f"(got solver={self.solver!r})"
                 )
-            _keops.check_expressible(str(getattr(self.kernel, "name", self.kernel)), where)
+            ops.check_keops_expressible(str(getattr(self.kernel, "name", self.kernel)), where)
         if self.n_centers is not None:
             check_positive_int(self.n_centers, name="n_centers", where=where)
         parse_bytes(self.memory_budget, where=where)
@@ -464,7 +457,7 @@ class KernelRidge(BaseRegressor):
             m = self.n_centers if self.n_centers is not None else default_n_centers(n)
             cdtype = self._compute_dtype(n * m)
             itemsize = torch.finfo(cdtype).bits // 8
-            need = nystrom_bytes(m, n_outputs) + _tile_bytes(n, m, itemsize)
+            need = nystrom_bytes(m, n_outputs) + min_tile_bytes(n, m, itemsize)
             if need >= budget:
                 raise ValueError(
                     f"{where}: memory_budget {format_bytes(budget)} cannot hold the {m} x {m} "
@@ -476,7 +469,7 @@ class KernelRidge(BaseRegressor):
             explicit = self.solver == "cg" and self.n_centers is not None
             m = min(n, self.n_centers if explicit else DEFAULT_CG_RANK)
             # The float64 residual products of a float32 solve need their own tile.
-            need = _tile_bytes(n, n, 8)
+            need = min_tile_bytes(n, n, 8)
             if need > budget:
                 raise ValueError(
                     f"{where}: memory_budget {format_bytes(budget)} cannot hold one tile of "

@@ -20,7 +20,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import formulas
 from ._common import CPP_KERNELS, KERNEL_NAMES, pack_params, unpack_params
+
+# KeOps backend: the module is light (pykeops itself is imported on first KeOps use only).
+from ._keops import BACKENDS, KEOPS_KERNELS, check_backend
+from ._keops import check_expressible as check_keops_expressible
+from ._keops import kernel_mv as keops_kernel_mv
+from ._keops import pykeops_torch as require_keops
 from .gram import gram as _gram_op
 from .gram import gram_reference
 from .kernel_mv import kernel_mv as _kernel_mv_op
@@ -47,6 +54,13 @@ __all__ = [
     "CPP_KERNELS",
     "HAS_CPP",
     "HAS_TRITON",
+    "formulas",
+    "BACKENDS",
+    "KEOPS_KERNELS",
+    "check_backend",
+    "check_keops_expressible",
+    "keops_kernel_mv",
+    "require_keops",
 ]
 
 
@@ -94,38 +108,48 @@ if HAS_CPP:
 
 
 def _load_triton() -> bool:
+    """Import the Triton kernels and register them for CUDA tensors; False without triton."""
     try:
-        from . import _triton  # noqa: F401  (imports triton; no GPU or driver needed)
+        from . import _triton  # imports triton; no GPU or driver needed
     except Exception:  # not installed, or a broken install failing at import: keep the reference
         return False
-    return True
-
-
-HAS_TRITON = _load_triton()
-
-if HAS_TRITON:
-    from ._triton import gram_triton, kernel_mv_triton, ntk_gram_triton, ntk_mv_triton
-    from ._triton.kernel_normal_mv import kernel_normal_mv_triton
 
     @_gram_op.register_kernel("cuda")
     def _gram_cuda(x1, x2, kernel, params, diag_offset):
-        return gram_triton(x1, x2, kernel, params, diag_offset)
+        return _triton.gram_triton(x1, x2, kernel, params, diag_offset)
 
     @_kernel_mv_op.register_kernel("cuda")
     def _kernel_mv_cuda(x1, x2, v, kernel, params, diag_offset):
-        return kernel_mv_triton(x1, x2, v, kernel, params, diag_offset)
+        return _triton.kernel_mv_triton(x1, x2, v, kernel, params, diag_offset)
 
     @_kernel_normal_mv_op.register_kernel("cuda")
     def _kernel_normal_mv_cuda(x1, x2, v, kernel, params):
-        return kernel_normal_mv_triton(x1, x2, v, kernel, params)
+        return _triton.kernel_normal_mv_triton(x1, x2, v, kernel, params)
 
     @ntk_gram.register_kernel("cuda")
     def _ntk_gram_cuda(a1, b1, a2, b2):
-        return ntk_gram_triton(a1, b1, a2, b2)
+        return _triton.ntk_gram_triton(a1, b1, a2, b2)
 
     @ntk_mv.register_kernel("cuda")
     def _ntk_mv_cuda(a1, b1, a2, b2, v):
-        return ntk_mv_triton(a1, b1, a2, b2, v)
+        return _triton.ntk_mv_triton(a1, b1, a2, b2, v)
+
+    return True
+
+
+# Importing triton costs a quarter of a second: a process that can hold CUDA tensors registers
+# the kernels now; one that cannot (no CUDA device) only when HAS_TRITON is first asked for
+# (module __getattr__ below), e.g. by the interpreter tests or `fastkernels info`.
+if torch.cuda.is_available():
+    HAS_TRITON = _load_triton()
+
+
+def __getattr__(name: str):
+    if name == "HAS_TRITON":
+        value = _load_triton()
+        globals()["HAS_TRITON"] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def gram(
@@ -203,16 +227,14 @@ def kernel_mv(
     ImportError
         ``backend="keops"`` without pykeops installed.
     """
-    from . import _keops  # light: pykeops itself is imported on first KeOps use only
-
-    _keops.check_backend(backend, "fastkernels.ops.kernel_mv")
+    check_backend(backend, "fastkernels.ops.kernel_mv")
     if x1 is x2 and diag_offset is None:
         diag_offset = 0
     vec = isinstance(v, Tensor) and v.dim() == 1
     vv = v[:, None] if vec else v
     params = [float(p) for p in params]
     if backend == "keops":
-        out = _keops.kernel_mv(x1, x2, vv, kernel, params, diag_offset)
+        out = keops_kernel_mv(x1, x2, vv, kernel, params, diag_offset)
     else:
         out = torch.ops.fastkernels.kernel_mv(x1, x2, vv, kernel, params, diag_offset)
     return out[:, 0] if vec else out

@@ -38,7 +38,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..kernels import formulas as F
+from . import formulas as F
 
 __all__ = [
     "KERNEL_NAMES",

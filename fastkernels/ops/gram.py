@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..kernels import formulas as F
+from . import formulas as F
 from ._common import (
     center_inputs,
     check_points,

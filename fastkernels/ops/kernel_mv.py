@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..kernels import formulas as F
+from . import formulas as F
 from ._common import (
     center_inputs,
     check_finite,

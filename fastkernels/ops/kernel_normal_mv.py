@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..kernels import formulas as F
+from . import formulas as F
 from ._common import check_finite, check_points, check_tensors, resolve_offset, unpack_params
 
 __all__ = ["kernel_normal_mv", "kernel_normal_mv_reference", "check_inputs", "BLOCK_ENTRIES"]

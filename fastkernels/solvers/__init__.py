@@ -15,11 +15,23 @@ All three solve several right-hand sides (the k outputs) at once and report what
 Non-convergence raises a :class:`ConvergenceWarning` (a RuntimeWarning) with the final residual.
 """
 
-from ._common import DEFAULT_MEMORY_BUDGET, ConvergenceWarning, SolverInfo, parse_bytes
+from ._common import (
+    DEFAULT_MEMORY_BUDGET,
+    ConvergenceWarning,
+    SolverInfo,
+    format_bytes,
+    parse_bytes,
+)
 from .cg import NystromPreconditioner, cg
 from .cholesky import cholesky
 from .nystrom import NystromResult, nystrom_pcg
-from .operators import DenseOperator, KernelOperator, LinearOperator, as_operator
+from .operators import (
+    DenseOperator,
+    KernelOperator,
+    LinearOperator,
+    as_operator,
+    min_tile_bytes,
+)
 
 __all__ = [
     "cholesky",
@@ -28,6 +40,8 @@ __all__ = [
     "NystromPreconditioner",
     "NystromResult",
     "KernelOperator",
+    "format_bytes",
+    "min_tile_bytes",
     "DenseOperator",
     "LinearOperator",
     "as_operator",

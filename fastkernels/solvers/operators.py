@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from .. import ops
 from ._common import DEFAULT_MEMORY_BUDGET, format_bytes, parse_bytes
 
 __all__ = ["LinearOperator", "DenseOperator", "KernelOperator", "as_operator", "mm_acc64"]
@@ -363,14 +364,11 @@ class KernelOperator:
         products while it is in cache (float64 accumulation for a float64 V); available for the
         kernels the ops implement, on the devices they run on.
         """
-        from .. import ops
-        from ..kernels import Kernel
-
-        if not self.fused or not isinstance(self.kernel, Kernel) or self.square:
+        if not self.fused or not _op_kernel(self.kernel) or self.square:
             return None
         if self.kernel.name not in ops.KERNEL_NAMES:
             return None
-        params = self.kernel._op_params(self.x1.shape[1])
+        params = self.kernel.op_params(self.x1.shape[1])
         name, x2 = self.kernel.name, self.x2
 
         def f(rows: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
@@ -482,23 +480,34 @@ class KernelOperator:
         )
 
 
+def _op_kernel(kernel) -> bool:
+    """Whether ``kernel`` is computed by the ops: a kernel object with a registry name the ops
+    know and the packed parameters they take (:meth:`fastkernels.kernels.Kernel.op_params`).
+
+    Solvers sit below kernels, so they recognise such kernels by what they offer, not by class.
+    """
+    return callable(getattr(kernel, "op_params", None)) and getattr(
+        kernel, "name", None
+    ) in ops.KERNEL_NAMES
+
+
+def min_tile_bytes(n: int, m: int, itemsize: int) -> int:
+    """The smallest tile a :class:`KernelOperator` needs: rows x ``m`` entries of ``itemsize``
+    bytes and their temporaries (the floor of any memory budget)."""
+    return min(n, MIN_TILE_ROWS) * m * itemsize * _TILE_TEMPS
+
+
 def _fast_gram(kernel, device) -> bool:
     """Whether ``kernel(x, x)`` runs a compiled Gram (C++ on CPU, Triton on CUDA) for inputs
     on ``device``, which holds no temporaries beyond its result."""
-    from .. import ops
-    from ..kernels import Kernel
-
-    if not isinstance(kernel, Kernel) or kernel.name not in ops.CPP_KERNELS:
+    if not _op_kernel(kernel) or kernel.name not in ops.CPP_KERNELS:
         return False
     return (device.type == "cpu" and ops.HAS_CPP) or (device.type == "cuda" and ops.HAS_TRITON)
 
 
 def _check_backend(backend, kernel, cache: str, where: str) -> str:
     """Validate ``backend`` against the kernel and cache before any work (fail fast)."""
-    from ..kernels import Kernel
-    from ..ops import _keops
-
-    _keops.check_backend(backend, where)
+    ops.check_backend(backend, where)
     if backend != "keops":
         return backend
     if cache == "dense":
@@ -506,13 +515,13 @@ def _check_backend(backend, kernel, cache: str, where: str) -> str:
             f"{where}: backend='keops' computes every product memory-free and cannot be "
             "combined with cache='dense'; use cache='auto' or 'none'"
         )
-    if not isinstance(kernel, Kernel):
+    if not _op_kernel(kernel):
         raise ValueError(
             f"{where}: backend='keops' needs a fastkernels.kernels.Kernel of one of "
-            f"{_keops.KEOPS_KERNELS}, got {type(kernel).__name__}"
+            f"{ops.KEOPS_KERNELS}, got {type(kernel).__name__}"
         )
-    _keops.check_expressible(kernel.name, where)
-    _keops.pykeops_torch()  # ImportError now, not at the first product of a solve
+    ops.check_keops_expressible(kernel.name, where)
+    ops.require_keops()  # ImportError now, not at the first product of a solve
     return backend
 
 

@@ -19,6 +19,7 @@ import math
 
 import pytest
 import torch
+from helpers import randn
 
 from fastkernels.kernels import formulas as F
 
@@ -29,11 +30,6 @@ WIDTH = 256
 INITS = 384
 CHUNK = 32  # inits computed together as a batch of independent networks
 OUTPUTS = 256  # readout rows for the NNGP estimate (see _mc_kernels)
-
-
-def randn(*shape, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=dtype)
 
 
 def sphere_points(d=D_IN, seed=0):

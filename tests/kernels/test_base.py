@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import randn
 from sklearn.metrics.pairwise import polynomial_kernel, rbf_kernel
 
 from fastkernels.kernels import (
@@ -38,11 +39,6 @@ INSTANCES = [
     NTK("3resnet", trainable="all"),
 ]
 IDS = [repr(k) for k in INSTANCES]
-
-
-def randn(*shape, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=dtype)
 
 
 # -- registry ----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import far_points, randn
 from sklearn.gaussian_process.kernels import Matern as SkMatern
 from sklearn.metrics.pairwise import linear_kernel, polynomial_kernel, rbf_kernel
 
@@ -36,11 +37,6 @@ CASES = [
     ("ntk", {"arch": "mlp", "depth": 4, "trainable": "hidden"}),
 ]
 CASE_IDS = [f"{n}-{'-'.join(str(v) for v in p.values())}" for n, p in CASES]
-
-
-def randn(*shape, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=dtype)
 
 
 def pair(n, m, d, seed=0):
@@ -266,11 +262,6 @@ STATIONARY = [
     ("matern", {"nu": 2.5, "gamma": 1.0}),
 ]
 STATIONARY_IDS = [f"{n}-{'-'.join(str(v) for v in p.values())}" for n, p in STATIONARY]
-
-
-def far_points(n, d, shift, seed):
-    """float32 points of spread 0.1 around ``shift``: shift / spread up to 1e4."""
-    return (0.1 * randn(n, d, seed=seed) + shift).float()
 
 
 def direct_kernel(name, kw, a, b):

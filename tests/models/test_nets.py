@@ -6,20 +6,12 @@ import math
 
 import pytest
 import torch
+from helpers import F64, gen, member_forward, member_state, randn
 
 from fastkernels.models import ARCHS, BLOCKS, TRAINABLE, StackedNet
 
-F64 = torch.float64
 CONFIGS = [(a, "full") for a in ARCHS] + [("3resnet", "bottleneck")]
 CONFIG_IDS = [f"{a}-{b}" for a, b in CONFIGS]
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(*shape, seed=0):
-    return torch.randn(*shape, generator=gen(seed), dtype=F64)
 
 
 def make(arch="3resnet", block="full", d=5, m=7, k=3, E=2, seed=0, randomize_increments=False):
@@ -34,25 +26,7 @@ def make(arch="3resnet", block="full", d=5, m=7, k=3, E=2, seed=0, randomize_inc
 
 def manual_forward(net: StackedNet, e: int, x: torch.Tensor) -> torch.Tensor:
     """Member e's output (B, k), written out from PAPER.md 2.1."""
-    relu = torch.relu
-    A = net.A[e]
-    if net.block == "bottleneck":
-        W = net.W0[e] + net.W[e]
-    else:
-        W = net.W[e]
-    h1 = relu(x @ W.T + net.b1[e])
-    if net.arch == "2layer":
-        return h1 @ A.T
-    if net.block == "bottleneck":
-        V = net.V0[e] + net.V[e]
-        out1 = h1 @ A.T
-        inp = torch.cat([out1, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
-        h2 = relu(inp @ V.T)
-        return (h1 + h2) @ A.T
-    h2 = relu(h1 @ net.U[e].T + net.b2[e])
-    if net.arch == "3layer":
-        return h2 @ A.T
-    return (h1 + h2) @ A.T
+    return member_forward(member_state(net, e), net.arch, net.block, x)
 
 
 # -- shapes and forward -----------------------------------------------------------------------

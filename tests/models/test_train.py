@@ -6,41 +6,12 @@ import copy
 
 import pytest
 import torch
+from helpers import F64, gen, member_forward, member_state, randn
 
 from fastkernels.models import StackedNet, train_sgd
 
-F64 = torch.float64
 CONFIGS = [("3resnet", "full"), ("3layer", "full"), ("2layer", "full"), ("3resnet", "bottleneck")]
 CONFIG_IDS = [f"{a}-{b}" for a, b in CONFIGS]
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(*shape, seed=0):
-    return torch.randn(*shape, generator=gen(seed), dtype=F64)
-
-
-def forward(p: dict, arch: str, block: str, x: torch.Tensor) -> torch.Tensor:
-    """One member's output (B, k) from a dict of its (un-stacked) tensors (PAPER.md 2.1)."""
-    relu = torch.relu
-    A = p["A"]
-    W = p["W0"] + p["W"] if block == "bottleneck" else p["W"]
-    h1 = relu(x @ W.T + p["b1"])
-    if arch == "2layer":
-        return h1 @ A.T
-    if block == "bottleneck":
-        inp = torch.cat([h1 @ A.T, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
-        h2 = relu(inp @ (p["V0"] + p["V"]).T)
-        return (h1 + h2) @ A.T
-    h2 = relu(h1 @ p["U"].T + p["b2"])
-    return h2 @ A.T if arch == "3layer" else (h1 + h2) @ A.T
-
-
-def member_state(net: StackedNet, e: int) -> dict:
-    items = list(net.named_parameters()) + list(net.named_buffers())
-    return {n: t[e].detach().clone() for n, t in items}
 
 
 def reference_sgd(
@@ -71,7 +42,8 @@ def reference_sgd(
             for start in range(0, N, batch_size):
                 idx = perm[start : start + batch_size]
                 opt.zero_grad()
-                loss = (forward(p, net.arch, net.block, Xe[idx]) - Ye[idx]).pow(2).sum(-1).mean()
+                out = member_forward(p, net.arch, net.block, Xe[idx])
+                loss = (out - Ye[idx]).pow(2).sum(-1).mean()
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(idx)
@@ -125,7 +97,7 @@ def test_one_step_full_batch():
         p = member_state(net, e)
         for n in names:
             p[n].requires_grad_(True)
-        loss = (forward(p, "3resnet", "full", X) - Y).pow(2).sum(-1).mean()
+        loss = (member_forward(p, "3resnet", "full", X) - Y).pow(2).sum(-1).mean()
         grads = torch.autograd.grad(loss, [p[n] for n in names])
         expected.append(
             {n: p[n].detach() - lr[e] * (g + wd[e] * p[n].detach()) for n, g in zip(names, grads)}

@@ -7,27 +7,19 @@ import pickle
 
 import pytest
 import torch
+from helpers import F64, gen, member_forward, member_state, randn
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from fastkernels.models import StackedNet, train_sgd
 from fastkernels.ntk import EmpiricalNTK, empirical_ntk, ntk_factors, ntk_from_factors
 
-F64 = torch.float64
 MODES = ("trace", "full", "diagonal")
 # (arch, block, trainable) combinations the structured path supports.
 STRUCTURED = [
     (arch, "full", t) for arch in ("3resnet", "3layer", "2layer") for t in ("hidden", "last", "all")
 ] + [("3resnet", "bottleneck", "hidden")]
 STRUCTURED_IDS = ["-".join(c) for c in STRUCTURED]
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(*shape, seed=0):
-    return torch.randn(*shape, generator=gen(seed), dtype=F64)
 
 
 def make_net(arch="3resnet", block="full", d=4, m=6, k=3, E=2, seed=0):
@@ -41,22 +33,6 @@ def make_net(arch="3resnet", block="full", d=4, m=6, k=3, E=2, seed=0):
 
 
 # -- the oracle ---------------------------------------------------------------------------------
-
-
-def forward(p: dict, arch: str, block: str, x: torch.Tensor) -> torch.Tensor:
-    """One member's output (B, k) from its (un-stacked) tensors, written from PAPER.md 2.1."""
-    relu = torch.relu
-    A = p["A"]
-    W = p["W0"] + p["W"] if block == "bottleneck" else p["W"]
-    h1 = relu(x @ W.T + p["b1"])
-    if arch == "2layer":
-        return h1 @ A.T
-    if block == "bottleneck":
-        inp = torch.cat([h1 @ A.T, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
-        h2 = relu(inp @ (p["V0"] + p["V"]).T)
-        return (h1 + h2) @ A.T
-    h2 = relu(h1 @ p["U"].T + p["b2"])
-    return h2 @ A.T if arch == "3layer" else (h1 + h2) @ A.T
 
 
 def contract(J1: dict, J2: dict, mode: str, weights: dict | None = None) -> torch.Tensor:
@@ -75,16 +51,13 @@ def contract(J1: dict, J2: dict, mode: str, weights: dict | None = None) -> torc
 
 
 def oracle_stacked(net, x1, x2, mode, trainable, member=0, weights=None):
-    state = {
-        n: t[member].detach().clone()
-        for n, t in list(net.named_parameters()) + list(net.named_buffers())
-    }
+    state = member_state(net, member)
     names = net.parameter_names(trainable)
     theta = {n: state[n] for n in names}
     rest = {n: t for n, t in state.items() if n not in names}
 
     def f(th, x):
-        return forward({**rest, **th}, net.arch, net.block, x[None])[0]
+        return member_forward({**rest, **th}, net.arch, net.block, x[None])[0]
 
     jac = vmap(jacrev(f), in_dims=(None, 0))
     return contract(jac(theta, x1), jac(theta, x2), mode, weights)

@@ -1,7 +1,11 @@
-"""Shared cases of the op tests: every kernel with representative parameters, and random inputs."""
+"""Shared cases of the op tests: every kernel with representative parameters, near-duplicate
+inputs, the float64 NTK product and the Triton-interpreter mark; every test on one thread."""
+
+import os
 
 import pytest
 import torch
+from helpers import randn
 
 from fastkernels import ops
 from fastkernels.ops._common import CPP_KERNELS
@@ -38,10 +42,11 @@ IMPL_CASE_IDS = [
     if impl == "reference" or k in CPP_KERNELS
 ]
 
-
-def randn(*shape, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=dtype)
+# The translation-invariant kernels (evaluated on shifted points), alone and per implementation.
+STATIONARY = [(k, ps) for k, ps in CASES if k in ("rbf", "laplace", "matern")]
+STATIONARY_IDS = [cid for (k, _), cid in zip(CASES, CASE_IDS) if k in ("rbf", "laplace", "matern")]
+IMPL_STATIONARY = [(impl, k, ps) for impl in IMPLS for k, ps in STATIONARY]
+IMPL_STATIONARY_IDS = [f"{impl}-{cid}" for impl in IMPLS for cid in STATIONARY_IDS]
 
 
 # Near-duplicates across the two inputs: the Laplace kernel (Matern 1/2) recomputes their d^2
@@ -67,13 +72,27 @@ NEAR = [
     ("matern", [2.5, 1.0], 0.0, 1e-6),
 ]
 NEAR_IDS = [f"{k}-{ps[0]:g}-shift{s:g}-{'near' if e else 'exact'}" for k, ps, s, e in NEAR]
+IMPL_NEAR = [(impl, *case) for impl in IMPLS for case in NEAR]
+IMPL_NEAR_IDS = [f"{impl}-{cid}" for impl in IMPLS for cid in NEAR_IDS]
+
+
+def ntk_reference(a1, b1, a2, b2):
+    """sum_l (a1_l a2_l^T) * (b1_l b2_l^T) in float64: the NTK Gram of the factors."""
+    a1, b1, a2, b2 = ([t.double() for t in lst] for lst in (a1, b1, a2, b2))
+    return sum((x @ y.T) * (u @ w.T) for x, u, y, w in zip(a1, b1, a2, b2))
+
+
+_NO_INTERPRETER = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1",
+    reason="Triton interpreter tests need TRITON_INTERPRET=1 at process start",
+)
+
+
+def on_interpreter(fn):
+    """Mark a test ``interpreter`` and skip it unless the Triton interpreter is on."""
+    return pytest.mark.interpreter(_NO_INTERPRETER(fn))
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    # Many small ops on a few shared cores: intra-op threads mostly wait on each other. The
-    # multi-threaded C++ path is exercised by the benchmarks.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _single_thread(single_thread):
+    pass

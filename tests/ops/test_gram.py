@@ -4,6 +4,7 @@ opcheck, gradcheck, PSD, self-pairs and bad input."""
 import numpy as np
 import pytest
 import torch
+from helpers import far_points, randn, rel_err
 from sklearn.metrics.pairwise import linear_kernel, polynomial_kernel, rbf_kernel
 
 from fastkernels import ops
@@ -15,11 +16,14 @@ from .conftest import (
     CASES,
     IMPL_CASE_IDS,
     IMPL_CASES,
+    IMPL_NEAR,
+    IMPL_NEAR_IDS,
+    IMPL_STATIONARY,
+    IMPL_STATIONARY_IDS,
     IMPLS,
-    NEAR,
-    NEAR_IDS,
+    STATIONARY,
+    STATIONARY_IDS,
     duplicated_points,
-    randn,
 )
 
 # Odd sizes not divisible by any tile (C++ tiles are 128 x 512), 1 x 1, and several tiles.
@@ -30,10 +34,6 @@ def run(impl, x1, x2, kernel, params, offset=None):
     if impl == "reference":
         return ops.gram_reference(x1, x2, kernel, params, offset)
     return torch.ops.fastkernels._gram_cpu(x1, x2, kernel, params, offset)
-
-
-def rel_err(got, ref):
-    return ((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-300)).item()
 
 
 @pytest.mark.parametrize("impl,kernel,params", IMPL_CASES, ids=IMPL_CASE_IDS)
@@ -260,17 +260,8 @@ def test_cpp_relu_kernels_over_every_angle(kernel, params):
 
 # -- float32 far from the origin: the translation-invariant kernels are evaluated shifted ------
 
-STATIONARY = [(k, ps) for k, ps in CASES if k in ("rbf", "laplace", "matern")]
-STATIONARY_IDS = [cid for (k, _), cid in zip(CASES, CASE_IDS) if k in ("rbf", "laplace", "matern")]
-IMPL_STATIONARY = [(impl, k, ps) for impl in IMPLS for k, ps in STATIONARY]
-IMPL_STATIONARY_IDS = [f"{impl}-{cid}" for impl in IMPLS for cid in STATIONARY_IDS]
 # 1 x 1, odd sizes, and 6 x 2 C++ tiles of 128 x 512.
 FAR_SIZES = [(1, 1), (37, 53), (700, 600)]
-
-
-def far_points(n, d, shift, seed):
-    """float32 points of spread 0.1 around ``shift`` (shift / spread up to 1e4)."""
-    return (0.1 * randn(n, d, seed=seed) + shift).float()
 
 
 @pytest.mark.parametrize("impl,kernel,params", IMPL_STATIONARY, ids=IMPL_STATIONARY_IDS)
@@ -314,10 +305,6 @@ def test_float32_gradient_far_from_origin(kernel, params):
 
 
 # -- near-duplicates across the two inputs: Laplace d^2 from differences ------------------------
-
-
-IMPL_NEAR = [(impl, *case) for impl in IMPLS for case in NEAR]
-IMPL_NEAR_IDS = [f"{impl}-{cid}" for impl in IMPLS for cid in NEAR_IDS]
 
 
 @pytest.mark.parametrize("impl,kernel,params,shift,noise", IMPL_NEAR, ids=IMPL_NEAR_IDS)

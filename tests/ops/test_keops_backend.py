@@ -13,13 +13,14 @@ import sys
 
 import pytest
 import torch
+from helpers import far_points, randn, rel_err
 
 from fastkernels import ops
 from fastkernels.kernels import NNGP, NTK, RBF, Matern
 from fastkernels.ops import _keops
 from fastkernels.solvers import KernelOperator
 
-from .conftest import CASE_IDS, CASES, randn
+from .conftest import CASE_IDS, CASES
 
 D, T = 5, 3
 # The op tests' cases for the kernels KeOps expresses (the same parameters, the same ids).
@@ -36,10 +37,6 @@ def keops():
         pytest.skip("pykeops is not installed (the keops extra)")
     # Through fastkernels, not importorskip: the first import fixes KeOps' flags and cache.
     return _keops.pykeops_torch()
-
-
-def rel_err(got, ref):
-    return ((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-300)).item()
 
 
 def keops_mv(x1, x2, v, kernel, params, diag_offset=None):
@@ -79,8 +76,7 @@ def test_float32_within_1e5_of_float64(keops, kernel, params, n, m):
 def test_float32_far_from_origin(keops, kernel, params, shift, n, m):
     # SqDist takes differences first, so float32 points of spread 0.1 far from the origin need
     # no shift; float32 with T = 1 (D = 5) reuses the formulas compiled above.
-    a = (0.1 * randn(n, D, seed=20) + shift).float()
-    b = (0.1 * randn(m, D, seed=21) + shift).float()
+    a, b = far_points(n, D, shift, seed=20), far_points(m, D, shift, seed=21)
     for x1, x2 in ((a, b), (a, a)):
         w = randn(x2.shape[0], seed=22)
         got = keops_mv(x1, x2, w.float(), kernel, params)
@@ -127,13 +123,13 @@ def test_backends_agree(keops):
 
 def test_kernel_mv_and_operator_use_keops(keops, monkeypatch):
     calls = []
-    real = _keops.kernel_mv
+    real = ops.keops_kernel_mv
 
     def spy(*args):
         calls.append(args[0].shape[0])
         return real(*args)
 
-    monkeypatch.setattr(_keops, "kernel_mv", spy)
+    monkeypatch.setattr(ops, "keops_kernel_mv", spy)
     k, x, v = RBF(gamma=0.3), randn(50, D, seed=10), randn(50, T, seed=11)
     ref = k.mv(x, x, v)
     torch.testing.assert_close(k.mv(x, x, v, backend="keops"), ref, rtol=1e-12, atol=1e-12)

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from helpers import far_points, randn, rel_err
 
 from fastkernels import ops
 
@@ -16,11 +17,14 @@ from .conftest import (
     CASES,
     IMPL_CASE_IDS,
     IMPL_CASES,
+    IMPL_NEAR,
+    IMPL_NEAR_IDS,
+    IMPL_STATIONARY,
+    IMPL_STATIONARY_IDS,
     IMPLS,
-    NEAR,
-    NEAR_IDS,
+    STATIONARY,
+    STATIONARY_IDS,
     duplicated_points,
-    randn,
 )
 
 # C++ tiles are 256 x 512: odd sizes, 1 x 1, and several tiles in both directions.
@@ -31,10 +35,6 @@ def run(impl, x1, x2, v, kernel, params, offset=None):
     if impl == "reference":
         return ops.kernel_mv_reference(x1, x2, v, kernel, params, offset)
     return torch.ops.fastkernels._kernel_mv_cpu(x1, x2, v, kernel, params, offset)
-
-
-def rel_err(got, ref):
-    return ((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-300)).item()
 
 
 @pytest.mark.parametrize("impl,kernel,params", IMPL_CASES, ids=IMPL_CASE_IDS)
@@ -170,17 +170,8 @@ def test_cpp_kernel_mv_memory_is_bounded_by_tiles():
 
 # -- float32 far from the origin: the translation-invariant kernels are evaluated shifted ------
 
-STATIONARY = [(k, ps) for k, ps in CASES if k in ("rbf", "laplace", "matern")]
-STATIONARY_IDS = [cid for (k, _), cid in zip(CASES, CASE_IDS) if k in ("rbf", "laplace", "matern")]
-IMPL_STATIONARY = [(impl, k, ps) for impl in IMPLS for k, ps in STATIONARY]
-IMPL_STATIONARY_IDS = [f"{impl}-{cid}" for impl in IMPLS for cid in STATIONARY_IDS]
 # 1 x 1, odd sizes, and 3 x 2 C++ tiles of 256 x 512 (with one and with several columns of v).
 FAR_SHAPES = [(1, 1, 1), (37, 53, 3), (700, 600, 1), (700, 600, 4)]
-
-
-def far_points(n, d, shift, seed):
-    """float32 points of spread 0.1 around ``shift`` (shift / spread up to 1e4)."""
-    return (0.1 * randn(n, d, seed=seed) + shift).float()
 
 
 @pytest.mark.parametrize("impl,kernel,params", IMPL_STATIONARY, ids=IMPL_STATIONARY_IDS)
@@ -228,10 +219,6 @@ def test_float32_gradient_far_from_origin(kernel, params, monkeypatch):
 
 
 # -- near-duplicates across the two inputs: Laplace d^2 from differences ------------------------
-
-
-IMPL_NEAR = [(impl, *case) for impl in IMPLS for case in NEAR]
-IMPL_NEAR_IDS = [f"{impl}-{cid}" for impl in IMPLS for cid in NEAR_IDS]
 
 
 @pytest.mark.parametrize("impl,kernel,params,shift,noise", IMPL_NEAR, ids=IMPL_NEAR_IDS)

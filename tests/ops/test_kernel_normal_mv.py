@@ -3,16 +3,25 @@ float64 product, dtype rules, float64 accumulation, opcheck, gradcheck (v only),
 memory bound, and the Triton launcher under the interpreter (``-m interpreter``)."""
 
 import gc
-import os
 import resource
 import sys
 
 import pytest
 import torch
+from helpers import randn, rel_err
 
 from fastkernels import ops
 
-from .conftest import CASE_IDS, CASES, IMPL_CASE_IDS, IMPL_CASES, NEAR, duplicated_points, randn
+from .conftest import (
+    CASE_IDS,
+    CASES,
+    IMPL_CASE_IDS,
+    IMPL_CASES,
+    IMPLS,
+    NEAR,
+    duplicated_points,
+    on_interpreter,
+)
 
 OP = torch.ops.fastkernels.kernel_normal_mv
 # (N, M, D, T). C++ row panels hold 3 MiB of K, 16 to 256 rows: 1 x 1; odd sizes in one panel;
@@ -30,11 +39,6 @@ def dense(x1, x2, v, kernel, params):
     """K^T (K v) from the stored float64 Gram of the (possibly float32-rounded) points."""
     k = ops.gram_reference(x1.double(), x2.double(), kernel, params)
     return k.T @ (k @ v.double())
-
-
-def rel_err(got, ref):
-    # Normwise over the output: a sum of signed terms has no per-entry relative guarantee.
-    return ((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-300)).item()
 
 
 @pytest.mark.parametrize("impl,kernel,params", IMPL_CASES, ids=IMPL_CASE_IDS)
@@ -55,7 +59,7 @@ def test_matches_float64_dense_product(impl, kernel, params, n, m, d, t):
     assert rel_err(mixed, dense(a, b, v, kernel, params)) < 1e-5
 
 
-@pytest.mark.parametrize("impl", ["reference", "cpp"][: 1 + ops.HAS_CPP])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_float32_is_accurate_to_1e6_at_moderate_size(impl):
     # Unit-scale data, gamma = 0.5 / D: the solvers' regime. The float32 rounding of K itself
     # (~1e-7 per entry) averages out over the sums; the accumulation must not add more.
@@ -67,7 +71,7 @@ def test_float32_is_accurate_to_1e6_at_moderate_size(impl):
         assert rel_err(got, dense(a, b, w, "rbf", [0.05])) < 1e-6
 
 
-@pytest.mark.parametrize("impl", ["reference", "cpp"][: 1 + ops.HAS_CPP])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_sum_over_many_rows_accumulates_in_float64(impl):
     # 10^6 rows of positive terms. Measured on these inputs: 4e-8 with float64 accumulation;
     # 2e-6 with float32 sums over 256-row panels added in float32; 3e-4 for one float32 K^T u.
@@ -86,7 +90,7 @@ def test_self_product_keeps_exact_self_pairs(impl, kernel, params):
     assert rel_err(got, k.T @ (k @ v)) < 1e-12
 
 
-@pytest.mark.parametrize("impl", ["reference", "cpp"][: 1 + ops.HAS_CPP])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("kernel,params", [("rbf", [0.5]), ("matern", [1.5, 0.5])])
 def test_float32_far_from_origin(impl, kernel, params):
     # Points at 1000 with unit spread: ||x||^2 + ||y||^2 - 2 <x, y> would cancel to noise in
@@ -199,16 +203,6 @@ def test_cpp_memory_is_bounded_by_panels():
 # Triton launcher on CPU tensors: TRITON_INTERPRET=1 python -m pytest -q -m interpreter ...
 # ---------------------------------------------------------------------------------------------
 
-_NO_INTERPRETER = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1",
-    reason="Triton interpreter tests need TRITON_INTERPRET=1 at process start",
-)
-
-
-def on_interpreter(fn):
-    """Mark a test ``interpreter`` and skip it unless the Triton interpreter is on."""
-    return pytest.mark.interpreter(_NO_INTERPRETER(fn))
-
 
 def triton_launcher():
     pytest.importorskip("triton")
@@ -311,7 +305,7 @@ def near_case(shift, noise, kernel, params, n=700, m=600):
     return x1, x2, v, dense(x1, x2, v, kernel, params)
 
 
-@pytest.mark.parametrize("impl", ["reference", "cpp"][: 1 + ops.HAS_CPP])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("kernel,params,shift,noise", NEAR)
 def test_near_duplicates_across_inputs(impl, kernel, params, shift, noise):
     # Copies of a point in x1 and in x2 (not self-pairs): the Laplace kernel's sqrt turns the

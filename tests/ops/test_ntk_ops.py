@@ -7,12 +7,15 @@ import importlib
 
 import pytest
 import torch
+from helpers import rel_err
 from torch.library import opcheck
 
 from fastkernels import ops
 from fastkernels.ops import _ntk_common
 from fastkernels.ops.ntk_gram import ntk_gram, ntk_gram_reference
 from fastkernels.ops.ntk_mv import ntk_mv, ntk_mv_reference
+
+from .conftest import ntk_reference as reference
 
 WIDTHS = [(4, 6), (1, 3), (9, 2)]  # (p_l, q_l) per layer
 
@@ -22,11 +25,6 @@ def factors(n, widths=WIDTHS, dtype=torch.float64, seed=0):
     a = [torch.randn(n, p, generator=g, dtype=dtype) for p, _ in widths]
     b = [torch.randn(n, q, generator=g, dtype=dtype) for _, q in widths]
     return a, b
-
-
-def reference(a1, b1, a2, b2):
-    a1, b1, a2, b2 = ([t.double() for t in lst] for lst in (a1, b1, a2, b2))
-    return sum((x @ y.T) * (u @ w.T) for x, u, y, w in zip(a1, b1, a2, b2))
 
 
 @pytest.fixture
@@ -113,10 +111,6 @@ CPP_MV = getattr(torch.ops.fastkernels, "_ntk_mv_cpu", None)
 LAYERS = [(5, 3), (1, 7), (11, 2), (4, 4)]
 # 1 x 1, odd sizes inside one tile, and several tiles in both directions (not multiples of 256).
 CPP_SIZES = [(1, 1), (37, 53), (300, 530), (601, 257)]
-
-
-def rel_err(got, ref):
-    return ((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-300)).item()
 
 
 @needs_cpp

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import randn
 
 from fastkernels import ops
-
-from .conftest import randn
 
 pytestmark = pytest.mark.skipif(not ops.HAS_CPP, reason="the C++ extension is not built")
 

@@ -16,8 +16,6 @@ inputs with gamma = 1/D.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -25,6 +23,7 @@ triton = pytest.importorskip("triton")
 
 import numpy as np  # noqa: E402
 import triton.language as tl  # noqa: E402
+from helpers import far_points, randn, rel_err  # noqa: E402
 
 from fastkernels import ops  # noqa: E402
 from fastkernels.kernels import formulas as F  # noqa: E402
@@ -37,18 +36,19 @@ from fastkernels.ops._triton import (  # noqa: E402
 )
 from fastkernels.ops._triton._common import KERNEL_CODES, _acos, input_precision  # noqa: E402
 
-from .conftest import CASE_IDS, CASES, NEAR, NEAR_IDS, duplicated_points, randn  # noqa: E402
-
-_NO_INTERPRETER = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1",
-    reason="Triton interpreter tests need TRITON_INTERPRET=1 at process start",
+from .conftest import (  # noqa: E402
+    CASE_IDS,
+    CASES,
+    NEAR,
+    NEAR_IDS,
+    STATIONARY,
+    STATIONARY_IDS,
+    duplicated_points,
+    ntk_reference,
+    on_interpreter,
 )
+
 _NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def on_interpreter(fn):
-    """Mark a test ``interpreter`` and skip it unless the Triton interpreter is on."""
-    return pytest.mark.interpreter(_NO_INTERPRETER(fn))
 
 
 def on_cuda(fn):
@@ -62,15 +62,6 @@ TILES_T = dict(TILES, block_t=16)
 # (N, M, D): 1 x 1; odd sizes over 2 x 2 tiles; 3 x 2 tiles with 3 D slices.
 SHAPES = [(1, 1, 1), (37, 53, 7), (70, 45, 37)]
 DISTANCE = ("rbf", "laplace", "matern")
-
-
-def rel_err(got, ref):
-    return ((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-300)).item()
-
-
-def ntk_reference(a1, b1, a2, b2):
-    a1, b1, a2, b2 = ([t.double() for t in lst] for lst in (a1, b1, a2, b2))
-    return sum((x @ y.T) * (u @ w.T) for x, u, y, w in zip(a1, b1, a2, b2))
 
 
 def factors(n, widths, dtype=torch.float64, seed=0):
@@ -210,17 +201,14 @@ def test_ntk_ops_match_float64_reference(widths, n, m, dtype):
 
 # float32 points of spread 0.1 around 100 and 1000: the launchers shift the distance kernels'
 # inputs (unshifted, RBF entries were off by up to 0.8 at 1000).
-DISTANCE_CASES = [(k, p) for k, p in CASES if k in DISTANCE]
-DISTANCE_IDS = [i for (k, _), i in zip(CASES, CASE_IDS) if k in DISTANCE]
 
 
 @on_interpreter
-@pytest.mark.parametrize("kernel,params", DISTANCE_CASES, ids=DISTANCE_IDS)
+@pytest.mark.parametrize("kernel,params", STATIONARY, ids=STATIONARY_IDS)
 @pytest.mark.parametrize("shift", [100.0, 1000.0])
 @pytest.mark.parametrize("n,m", [(1, 1), (37, 53)])
 def test_float32_far_from_origin(kernel, params, shift, n, m):
-    a = (0.1 * randn(n, 5, seed=60) + shift).float()
-    b = (0.1 * randn(m, 5, seed=61) + shift).float()
+    a, b = far_points(n, 5, shift, seed=60), far_points(m, 5, shift, seed=61)
     for x1, x2 in ((a, b), (a, a)):
         ref = ops.gram_reference(x1.double(), x2.double(), kernel, params)
         got = gram_triton(x1, x2, kernel, params, **TILES)
@@ -400,7 +388,12 @@ def test_formulas_cover_every_kernel():
 # 64 x 64 tiles, and D = 100 (several D slices); sizes and D share one compile.
 CUDA_SHAPES = [(37, 53, 7), (300, 1100, 5), (513, 257, 100)]
 FP64_KERNELS = [
-    "rbf-0.3", "matern-2.5-0.5", "polynomial-3-0.2-1", "arccos-1", "nngp-1-0", "ntk-0-2-0"
+    "rbf-0.3",
+    "matern-2.5-0.5",
+    "polynomial-3-0.2-1",
+    "arccos-1",
+    "nngp-1-0",
+    "ntk-0-2-0",
 ]
 CUDA_CASES, CUDA_IDS = [], []
 for _dtype in (torch.float32, torch.float64):
@@ -456,7 +449,7 @@ def test_cuda_self_pairs(kernel, params):
 
 
 @on_cuda
-@pytest.mark.parametrize("kernel,params", DISTANCE_CASES, ids=DISTANCE_IDS)
+@pytest.mark.parametrize("kernel,params", STATIONARY, ids=STATIONARY_IDS)
 def test_cuda_float32_far_from_origin(kernel, params):
     # Several 64 x 64 tiles; the registered ops shift as the interpreter test checks.
     for shift in (100.0, 1000.0):

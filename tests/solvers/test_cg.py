@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import F64, randn
 
 from fastkernels.kernels import RBF
 from fastkernels.solvers import (
@@ -16,13 +17,6 @@ from fastkernels.solvers import (
     cg,
     cholesky,
 )
-
-F64 = torch.float64
-
-
-def randn(*shape, seed=0, dtype=F64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=dtype)
 
 
 def problem(n=157, d=5, t=3, gamma=0.2, seed=0):

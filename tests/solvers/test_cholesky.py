@@ -6,15 +6,9 @@ import warnings
 
 import pytest
 import torch
+from helpers import F64, randn
 
 from fastkernels.solvers import cholesky
-
-F64 = torch.float64
-
-
-def randn(*shape, seed=0, dtype=F64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=dtype)
 
 
 def spd(n: int, seed: int = 0, rank: int | None = None) -> torch.Tensor:

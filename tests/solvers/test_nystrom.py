@@ -6,16 +6,10 @@ import warnings
 
 import pytest
 import torch
+from helpers import F64, randn
 
 from fastkernels.kernels import NTK, RBF
 from fastkernels.solvers import ConvergenceWarning, nystrom_pcg
-
-F64 = torch.float64
-
-
-def randn(*shape, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=F64)
 
 
 def problem(n=301, d=4, t=3, seed=0):

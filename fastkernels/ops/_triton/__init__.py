@@ -12,7 +12,14 @@ epilogues) are described in :mod:`._common`.
 
 from .gram import gram_triton
 from .kernel_mv import kernel_mv_triton
+from .kernel_normal_mv import kernel_normal_mv_triton
 from .ntk_gram import ntk_gram_triton
 from .ntk_mv import ntk_mv_triton
 
-__all__ = ["gram_triton", "kernel_mv_triton", "ntk_gram_triton", "ntk_mv_triton"]
+__all__ = [
+    "gram_triton",
+    "kernel_mv_triton",
+    "kernel_normal_mv_triton",
+    "ntk_gram_triton",
+    "ntk_mv_triton",
+]
