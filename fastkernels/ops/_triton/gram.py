@@ -36,7 +36,7 @@ from ._common import (
     params_tensor,
 )
 
-__all__ = ["gram_triton", "_gram_kernel", "near_constants", "_exact_near_pairs"]
+__all__ = ["gram_triton", "_gram_kernel", "near_constants", "_exact_near_pairs", "_kernel_tile"]
 
 OP = "fastkernels::gram"
 
@@ -109,6 +109,70 @@ def _exact_near_pairs(
     return k
 
 
+@triton.jit
+def _kernel_tile(
+    x1_ptr,
+    x2_ptr,
+    offs_m,
+    offs_n,
+    N,
+    M,
+    D,
+    stride_x1n,
+    stride_x1d,
+    stride_x2m,
+    stride_x2d,
+    diag_offset,
+    gamma,
+    coef0,
+    degree,
+    KERNEL: tl.constexpr,
+    NU2: tl.constexpr,
+    ORDER: tl.constexpr,
+    ARCH: tl.constexpr,
+    DEPTH: tl.constexpr,
+    TRAINABLE: tl.constexpr,
+    HAS_DIAG: tl.constexpr,
+    EXACT_NEAR: tl.constexpr,
+    NEAR_F: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """``k(x1_i, x2_j)`` on one (BLOCK_M, BLOCK_N) tile: the dot products and norms, the
+    kernel's epilogue and, for Laplace, the near-duplicate pairs from exact differences. The
+    one tile evaluation of the gram, kernel_mv and kernel_normal_mv kernels."""
+    s, n1, n2 = _tile_terms(
+        x1_ptr,
+        x2_ptr,
+        offs_m,
+        offs_n,
+        N,
+        M,
+        D,
+        stride_x1n,
+        stride_x1d,
+        stride_x2m,
+        stride_x2d,
+        INPUT_PRECISION,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_K,
+    )
+    same = (offs_m[:, None] + diag_offset) == offs_n[None, :]
+    k = _epilogue(
+        s, n1, n2, same, D, gamma, coef0, degree,
+        KERNEL, NU2, ORDER, ARCH, DEPTH, TRAINABLE, HAS_DIAG,
+    )  # fmt: skip
+    if EXACT_NEAR:
+        k = _exact_near_pairs(
+            k, s, n1, n2, same, x1_ptr, x2_ptr, offs_m, offs_n, N, M, D,
+            stride_x1n, stride_x1d, stride_x2m, stride_x2d, gamma, HAS_DIAG, NEAR_F,
+        )  # fmt: skip
+    return k
+
+
 # Sizes are not specialised (Triton would compile again for every size that is 1 or a
 # multiple of 16); strides still are, for vectorised loads.
 @triton.jit(do_not_specialize=["N", "M", "D", "diag_offset", "degree"])
@@ -148,35 +212,14 @@ def _gram_kernel(
     # int64 offsets: N * D (or N x the factors' total width) may exceed 2^31 elements.
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    s, n1, n2 = _tile_terms(
-        x1_ptr,
-        x2_ptr,
-        offs_m,
-        offs_n,
-        N,
-        M,
-        D,
-        stride_x1n,
-        stride_x1d,
-        stride_x2m,
-        stride_x2d,
-        INPUT_PRECISION,
-        BLOCK_M,
-        BLOCK_N,
-        BLOCK_K,
-    )
-    same = (offs_m[:, None] + diag_offset) == offs_n[None, :]
     gamma = tl.load(params_ptr)
     coef0 = tl.load(params_ptr + 1)
-    k = _epilogue(
-        s, n1, n2, same, D, gamma, coef0, degree,
-        KERNEL, NU2, ORDER, ARCH, DEPTH, TRAINABLE, HAS_DIAG,
-    )
-    if EXACT_NEAR:
-        k = _exact_near_pairs(
-            k, s, n1, n2, same, x1_ptr, x2_ptr, offs_m, offs_n, N, M, D,
-            stride_x1n, stride_x1d, stride_x2m, stride_x2d, gamma, HAS_DIAG, NEAR_F,
-        )
+    k = _kernel_tile(
+        x1_ptr, x2_ptr, offs_m, offs_n, N, M, D,
+        stride_x1n, stride_x1d, stride_x2m, stride_x2d, diag_offset, gamma, coef0, degree,
+        KERNEL, NU2, ORDER, ARCH, DEPTH, TRAINABLE, HAS_DIAG, EXACT_NEAR, NEAR_F,
+        INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+    )  # fmt: skip
     mask = (offs_m[:, None] < N) & (offs_n[None, :] < M)
     # int64 row offsets: N * M may exceed 2^31 entries.
     tl.store(

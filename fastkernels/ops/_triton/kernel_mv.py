@@ -26,8 +26,6 @@ from torch import Tensor
 
 from .._common import center_inputs, check_finite, check_points, check_tensors, resolve_offset
 from ._common import (
-    _epilogue,
-    _tile_terms,
     default_block_k,
     dot_block,
     epilogue_constants,
@@ -35,7 +33,7 @@ from ._common import (
     launch_device,
     params_tensor,
 )
-from .gram import _exact_near_pairs, near_constants
+from .gram import _kernel_tile, near_constants
 
 __all__ = ["kernel_mv_triton", "_kernel_mv_kernel"]
 
@@ -91,33 +89,12 @@ def _kernel_mv_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_T), dtype=dt)
     for n0 in range(0, M, BLOCK_N):
         offs_n = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
-        s, n1, n2 = _tile_terms(
-            x1_ptr,
-            x2_ptr,
-            offs_m,
-            offs_n,
-            N,
-            M,
-            D,
-            stride_x1n,
-            stride_x1d,
-            stride_x2m,
-            stride_x2d,
-            INPUT_PRECISION,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_K,
-        )
-        same = (offs_m[:, None] + diag_offset) == offs_n[None, :]
-        k = _epilogue(
-            s, n1, n2, same, D, gamma, coef0, degree,
-            KERNEL, NU2, ORDER, ARCH, DEPTH, TRAINABLE, HAS_DIAG,
-        )
-        if EXACT_NEAR:
-            k = _exact_near_pairs(
-                k, s, n1, n2, same, x1_ptr, x2_ptr, offs_m, offs_n, N, M, D,
-                stride_x1n, stride_x1d, stride_x2m, stride_x2d, gamma, HAS_DIAG, NEAR_F,
-            )
+        k = _kernel_tile(
+            x1_ptr, x2_ptr, offs_m, offs_n, N, M, D,
+            stride_x1n, stride_x1d, stride_x2m, stride_x2d, diag_offset, gamma, coef0, degree,
+            KERNEL, NU2, ORDER, ARCH, DEPTH, TRAINABLE, HAS_DIAG, EXACT_NEAR, NEAR_F,
+            INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
         # Padded columns have finite kernel values (zero norms); v loads 0 there too, but an
         # explicit zero keeps the padding out of the sum whatever the epilogue gives.
         k = tl.where(offs_n[None, :] < M, k, 0.0)

@@ -37,8 +37,6 @@ from torch import Tensor
 from .._common import center_inputs, check_finite, check_points, resolve_offset
 from ..kernel_normal_mv import check_inputs
 from ._common import (
-    _epilogue,
-    _tile_terms,
     default_block_k,
     dot_block,
     epilogue_constants,
@@ -46,7 +44,7 @@ from ._common import (
     launch_device,
     params_tensor,
 )
-from .gram import _exact_near_pairs, near_constants
+from .gram import _kernel_tile, near_constants
 
 __all__ = ["kernel_normal_mv_triton", "_kernel_normal_mv_kernel"]
 
@@ -112,34 +110,12 @@ def _kernel_normal_mv_kernel(
     j1 = tl.minimum(j0 + rows_per_split, M)
     for n0 in range(j0, j1, BLOCK_N):
         offs_n = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
-        s, n1, n2 = _tile_terms(
-            a_ptr,
-            b_ptr,
-            offs_m,
-            offs_n,
-            N,
-            M,
-            D,
-            stride_an,
-            stride_ad,
-            stride_bm,
-            stride_bd,
-            INPUT_PRECISION,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_K,
-        )
-        same = (offs_m[:, None] + diag_offset) == offs_n[None, :]
-        k = _epilogue(
-            s, n1, n2, same, D, gamma, coef0, degree,
-            KERNEL, NU2, ORDER, ARCH, DEPTH, TRAINABLE, HAS_DIAG,
-        )
-        if EXACT_NEAR:
-            # Laplace near-duplicates from exact differences (as the Gram kernel does).
-            k = _exact_near_pairs(
-                k, s, n1, n2, same, a_ptr, b_ptr, offs_m, offs_n, N, M, D,
-                stride_an, stride_ad, stride_bm, stride_bd, gamma, HAS_DIAG, NEAR_F,
-            )
+        k = _kernel_tile(
+            a_ptr, b_ptr, offs_m, offs_n, N, M, D,
+            stride_an, stride_ad, stride_bm, stride_bd, diag_offset, gamma, coef0, degree,
+            KERNEL, NU2, ORDER, ARCH, DEPTH, TRAINABLE, HAS_DIAG, EXACT_NEAR, NEAR_F,
+            INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
         # Padded columns have finite kernel values (zero norms); w loads 0 there too, but an
         # explicit zero keeps the padding out of the sum whatever the epilogue gives.
         k = tl.where(offs_n[None, :] < M, k, 0.0)
