@@ -145,6 +145,7 @@ def _fail(exc: BaseException) -> int:
 
 def _cmd_run(args) -> int:
     from .experiments import load_spec, run_sweep, summary_table, write_report
+    from .experiments.report import status_line
     from .experiments.runner import check_device, import_ray
 
     spec = load_spec(args.spec)
@@ -181,7 +182,8 @@ def _cmd_run(args) -> int:
         # The status of the numbers is part of the result: said even with --quiet (on stderr
         # then, where it does not disturb a script reading the report path).
         print(
-            f"{spec.name}: {_status_line(result.flagged, result.total)}",
+            f"{spec.name}: {status_line(result.flagged, result.total)}"
+            + ("; marked in the report" if result.flagged else ""),
             file=sys.stderr if args.quiet else sys.stdout,
         )
     if args.no_report:
@@ -193,17 +195,6 @@ def _cmd_run(args) -> int:
         print()
     print(f"report: {report}")
     return 0
-
-
-def _status_line(flagged: dict, total: int) -> str:
-    """``status: 1 unconverged, 0 diverged, 4 at a grid edge (of 20 trials) ...``"""
-    parts = [
-        f"{flagged.get('unconverged', 0)} unconverged",
-        f"{flagged.get('diverged', 0)} diverged",
-        f"{flagged.get('grid_edge', 0)} at a grid edge",
-    ]
-    tail = "; marked in the report" if flagged else ""
-    return f"status: {', '.join(parts)} (of {total} trials){tail}"
 
 
 def _cmd_report(args) -> int:

@@ -30,6 +30,7 @@ import numpy as np
 from .store import FLAGS, ResultsStore
 
 __all__ = [
+    "status_line",
     "write_report",
     "summary_table",
     "status_counts",
@@ -124,23 +125,6 @@ class Series:
         )
 
 
-class _SeriesMap(dict):
-    """``(label, width, config_hash) -> Series``; ``[(label, width)]`` also works when unique.
-
-    The short key is what callers used before configurations were told apart; it resolves
-    only when exactly one configuration of that label has that width.
-    """
-
-    def __missing__(self, key):
-        if isinstance(key, tuple) and len(key) == 2:
-            found = [s for (label, w, _), s in self.items() if (label, w) == key]
-            if len(found) == 1:
-                return found[0]
-            if found:
-                raise KeyError(f"{key!r}: {len(found)} configurations; give the config hash")
-        raise KeyError(key)
-
-
 @dataclass
 class Setting:
     """One concept configuration and its series.
@@ -174,7 +158,7 @@ class Setting:
     threshold: float
     c: float = 0.0
     c_source: str = ""
-    series: dict[tuple[str, int | None, str], Series] = field(default_factory=_SeriesMap)
+    series: dict[tuple[str, int | None, str], Series] = field(default_factory=dict)
     zero_errors: list[float] = field(default_factory=list)
 
     @property
@@ -445,12 +429,24 @@ def _plural(word: str, n: int) -> str:
     return word[:-1] + "ies" if word.endswith("y") else word + "s"
 
 
-def _status_line(rows: list[dict]) -> str:
-    counts = status_counts(rows)
+def status_line(counts: dict[str, int], total: int) -> str:
+    """``status: 1 unconverged, 0 diverged, 4 at a grid edge (of 20 trials)``.
+
+    Parameters
+    ----------
+    counts : dict
+        Flag -> number of trials (:func:`status_counts`).
+    total : int
+        Number of trials counted.
+    """
     return (
         f"status: {counts.get('unconverged', 0)} unconverged, {counts.get('diverged', 0)} "
-        f"diverged, {counts.get('grid_edge', 0)} at a grid edge (of {len(rows)} trials)"
+        f"diverged, {counts.get('grid_edge', 0)} at a grid edge (of {total} trials)"
     )
+
+
+def _status_line(rows: list[dict]) -> str:
+    return status_line(status_counts(rows), len(rows))
 
 
 def _why_unconverged(status: dict) -> str:
@@ -484,6 +480,24 @@ def _by_seed(rows: list[dict], describe) -> str:
         f"{_plural('seed', len(seeds))} {', '.join(seeds)}: {why}"
         for why, seeds in seeds_of.items()
     )
+
+
+def _n_table(series: list[Series], ns: list[int], has_w: bool, cell) -> list[list[str]]:
+    """Table body: one row per series, ``cell(series, n)`` per N (empty where it has no trial)."""
+    return [_lead(s, has_w) + [cell(s, n) if n in s.errors else "" for n in ns] for s in series]
+
+
+def _error_cell(s: Series, n: int) -> str:
+    mean, std, _, _, cnt = s.stats(n)
+    text = f"{_g(mean)} ± {_g(std)} ({cnt})" if cnt > 1 else f"{_g(mean)} (1)"
+    return _with_marks(text, s.flag_counts(n))
+
+
+def _cost_cell(s: Series, n: int) -> str:
+    t, mem = s.cost(n)
+    t_text = "-" if math.isnan(t) else f"{_short_num(t)} s"
+    m_text = "-" if math.isnan(mem) else f"{_short_num(mem)} MiB"
+    return f"{t_text} / {m_text}"
 
 
 def _fit_status_cell(rows: list[dict]) -> str:
@@ -675,19 +689,8 @@ def _markdown(settings, figures, rows, sweeps, store_path) -> str:
 
         out.append("### Test error")
         out.append("")
-        body, cell_counts = [], []
-        for s in series:
-            cells = _lead(s, has_w)
-            for n in ns:
-                if n not in s.errors:
-                    cells.append("")
-                    continue
-                mean, std, _, _, cnt = s.stats(n)
-                text = f"{_g(mean)} ± {_g(std)} ({cnt})" if cnt > 1 else f"{_g(mean)} (1)"
-                counts = s.flag_counts(n)
-                cells.append(_with_marks(text, counts))
-                cell_counts.append(counts)
-            body.append(cells)
+        body = _n_table(series, ns, has_w, _error_cell)
+        cell_counts = [s.flag_counts(n) for s in series for n in ns if n in s.errors]
         out += _table(lead_head + [f"N={n}" for n in ns], body)
         out += ["", _legend_line(cell_counts)]
 
@@ -724,18 +727,7 @@ def _markdown(settings, figures, rows, sweeps, store_path) -> str:
             f"process); `-`: not recorded. Device: {where}."
         )
         out.append("")
-        body = []
-        for s in series:
-            cells = _lead(s, has_w)
-            for n in ns:
-                if n not in s.errors:
-                    cells.append("")
-                    continue
-                t, mem = s.cost(n)
-                t_text = "-" if math.isnan(t) else f"{_short_num(t)} s"
-                m_text = "-" if math.isnan(mem) else f"{_short_num(mem)} MiB"
-                cells.append(f"{t_text} / {m_text}")
-            body.append(cells)
+        body = _n_table(series, ns, has_w, _cost_cell)
         out += _table(lead_head + [f"N={n}" for n in ns], body)
 
         out += ["", "### Fit status", ""]
@@ -745,12 +737,7 @@ def _markdown(settings, figures, rows, sweeps, store_path) -> str:
             "diverged and the largest final training loss."
         )
         out.append("")
-        body = []
-        for s in series:
-            cells = _lead(s, has_w)
-            for n in ns:
-                cells.append(_fit_status_cell(s.trials.get(n, [])) if n in s.errors else "")
-            body.append(cells)
+        body = _n_table(series, ns, has_w, lambda s, n: _fit_status_cell(s.trials[n]))
         out += _table(lead_head + [f"N={n}" for n in ns], body)
 
         out += [""] + _status_section(st)

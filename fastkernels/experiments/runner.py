@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .._resources import measure
+from .report import status_counts
 from .spec import SweepSpec, Trial
 from .store import (
     CLAIM_TTL_S,
@@ -31,6 +32,7 @@ from .store import (
     StoreError,
     _jsonable,
     _process_start,
+    process_alive,
     spill,
 )
 from .trials import expand
@@ -283,11 +285,8 @@ def fit_status(est, test_error: float, train_error: float, messages=()) -> tuple
         )
     elif hasattr(est, "loss_history_") or "final_loss" in hp:
         status["kind"] = "network"
-        final = hp.get("final_loss")
-        if final is None:
-            history = list(getattr(est, "loss_history_", None) or [])
-            final = _last_loss(history[-1]) if history else math.nan
-        final = float(final)
+        history = getattr(est, "loss_history_", None) or [math.nan]
+        final = float(hp.get("final_loss", history[-1]))
         status.update(final_loss=final, diverged=bool(hp.get("diverged", not math.isfinite(final))))
     status["warnings"] = list(messages)[:10]
     flags = []
@@ -298,12 +297,6 @@ def fit_status(est, test_error: float, train_error: float, messages=()) -> tuple
     if status["grid_edge"]:
         flags.append("grid_edge")
     return status, flags
-
-
-def _last_loss(entry) -> float:
-    """The last training loss; a stacked ensemble's history holds one loss per member."""
-    t = torch.as_tensor(entry, dtype=torch.float64).reshape(-1)
-    return float(t[0]) if t.numel() else math.nan
 
 
 def _row(trial: Trial, sweep: str, result: dict, device: str) -> dict:
@@ -454,11 +447,7 @@ def run_sweep(
                     ran, by_others = ctx.ran, ctx.by_others
             finally:
                 beat.stop()
-        flagged: dict[str, int] = {}
-        for row in st.rows():
-            if row["key"] in keys:
-                for f in row["flags"]:
-                    flagged[f] = flagged.get(f, 0) + 1
+        flagged = status_counts([row for row in st.rows() if row["key"] in keys])
         return SweepResult(
             total=len(trials),
             skipped=skipped,
@@ -611,22 +600,18 @@ class _TrialProcess:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-# Everything a fit imports on first use (the ops import Triton and KeOps when present: seconds
-# and over 100 MiB), so that neither is charged to each trial's fit time and peak memory.
+# Everything a fit imports on first use (seconds and over 100 MiB with torch._dynamo and the
+# optional backends), so that neither is charged to each trial's fit time and peak memory.
 _PRELOAD = (
-    "torch",
     "torch._dynamo",  # the first call of a custom op imports it (and sympy)
     "fastkernels.experiments.runner",
     "fastkernels.concepts",
-    "fastkernels.ops",
-    "fastkernels.ops._keops",
+    "fastkernels.ops",  # with the KeOps module; Triton only where CUDA is available
     "fastkernels.kernels",
     "fastkernels.solvers",
     "fastkernels.models",
     "fastkernels.ntk",
-    "fastkernels.learners.kernel_ridge",
-    "fastkernels.learners.resnet",
-    "fastkernels.learners.ntk",
+    "fastkernels.learners",
 )
 
 
@@ -640,29 +625,12 @@ def _worker_init(parent_pid: int, parent_start: str | None) -> None:
     import os
     import threading
 
-    def gone() -> bool:
-        if parent_start is not None:  # pid and start time: a reused pid is not the sweep
-            return _process_start(parent_pid) != parent_start
-        return not _alive(parent_pid)
-
     def watch():
-        while not gone():
+        while process_alive(parent_pid, parent_start):
             time.sleep(0.5)
         os._exit(1)
 
     threading.Thread(target=watch, name="fastkernels-parent-watch", daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _worker_trial(config: dict, device: str, entry) -> dict:
@@ -675,7 +643,8 @@ def _worker_trial(config: dict, device: str, entry) -> dict:
 
 
 class _Heartbeat:
-    """Refreshes this process's claims while it runs, from a thread with its own connection.
+    """Refreshes this process's claims while it runs (:meth:`ResultsStore.heartbeat`), from a
+    thread with its own connection.
 
     On one machine a claim lives as long as its process; across machines (a store on a shared
     file system) it lives while its heartbeat is fresher than the claim TTL.
@@ -698,21 +667,17 @@ class _Heartbeat:
         self._thread.join(timeout=5)
 
     def _loop(self) -> None:
-        import sqlite3
-
-        while not self._stop.wait(self._every):
-            try:
-                conn = sqlite3.connect(str(self._path), timeout=5)
+        store = None  # its own connection: SQLite connections stay in their thread
+        try:
+            while not self._stop.wait(self._every):
                 try:
-                    with conn:
-                        conn.execute(
-                            "UPDATE claims SET heartbeat = ? WHERE owner = ?",
-                            (time.time(), self._owner.id),
-                        )
-                finally:
-                    conn.close()
-            except sqlite3.Error:  # a busy store: the next beat will do
-                pass
+                    store = store or ResultsStore(self._path)
+                    store.heartbeat(self._owner)
+                except StoreError:  # a busy store: the next beat will do
+                    pass
+        finally:
+            if store is not None:
+                store.close()
 
 
 def import_ray():

@@ -45,6 +45,7 @@ __all__ = [
     "StoreError",
     "ResultsStore",
     "Owner",
+    "process_alive",
 ]
 
 # "FKDB" as a big-endian 32-bit integer; stored at byte offset 68 of the SQLite header.
@@ -149,6 +150,21 @@ def _process_start(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else None
 
 
+def process_alive(pid: int, start: str | None) -> bool:
+    """Whether process ``pid``, started at ``start`` (:func:`_process_start`), still runs on
+    this machine; without ``/proc`` (or without ``start``) the pid alone decides."""
+    current = _process_start(pid)
+    if current is not None:
+        return start is None or current == start
+    try:  # gone, or no /proc to ask
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
 @dataclass(frozen=True)
 class Owner:
     """Who holds a claim: host name, process id and the process's start time."""
@@ -169,16 +185,7 @@ class Owner:
     def alive(self, heartbeat: float, ttl: float) -> bool:
         """Whether a claim by this owner with the given last heartbeat still stands."""
         if self.host == socket.gethostname():
-            start = _process_start(self.pid)
-            if start is not None:
-                return start == self.start
-            try:  # no /proc: the pid alone
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
-            return True
+            return process_alive(self.pid, self.start)
         return time.time() - heartbeat < ttl
 
 

@@ -642,12 +642,10 @@ class KernelRidge(BaseRegressor):
         tol = self.tol or DEFAULT_TOL
         max_iter = self.max_iter or min(n, 1000)
         desc = f"KernelRidge cg (N={n})"
-        with warnings.catch_warnings(record=exact is not None) as caught:
-            if exact is not None:
-                # Recorded, and re-issued below unless the float64 fallback supersedes them.
-                warnings.simplefilter("always")
-            coef, info = cg(
-                op,
+
+        def solve(A, pre, x0, desc, exact_op=None):
+            return cg(
+                A,
                 Y,
                 ridge,
                 x0=x0,
@@ -656,8 +654,14 @@ class KernelRidge(BaseRegressor):
                 max_iter=max_iter,
                 verbose=self.verbose,
                 desc=desc,
-                exact_op=exact,
+                exact_op=exact_op,
             )
+
+        with warnings.catch_warnings(record=exact is not None) as caught:
+            if exact is not None:
+                # Recorded, and re-issued below unless the float64 fallback supersedes them.
+                warnings.simplefilter("always")
+            coef, info = solve(op, pre, x0, desc, exact_op=exact)
         fallback = None
         if exact is not None and not info.converged and info.iterations < max_iter:
             # Float32 entries cannot resolve this system (a tiny ridge): go on in float64 from
@@ -675,17 +679,7 @@ class KernelRidge(BaseRegressor):
             if pre is not None:
                 g = torch.Generator().manual_seed(int(self.random_state))
                 pre = NystromPreconditioner(op64, ridge, rank, generator=g, dtype=torch.float64)
-            coef, info = cg(
-                op64,
-                Y,
-                ridge,
-                x0=coef,
-                preconditioner=pre,
-                tol=tol,
-                max_iter=max_iter,
-                verbose=self.verbose,
-                desc=desc + " float64",
-            )
+            coef, info = solve(op64, pre, coef, desc + " float64")
             fallback = _continue_record(first, info)
         elif exact is not None:
             for w in caught:  # the float32 solve's own warnings, not superseded by a fallback

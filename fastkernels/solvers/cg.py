@@ -152,16 +152,7 @@ def cg(
     def true_residual(X):
         return b - apply(X)
 
-    if x0 is None:
-        X = torch.zeros_like(b)
-        R = b.clone()
-    else:
-        X = check_rhs(x0, n, where, "x0").to(work).clone()
-        if X.shape != b.shape:
-            raise ValueError(
-                f"{where}: x0 must have the shape of B {tuple(b.shape)}, got {tuple(x0.shape)}"
-            )
-        R = true_residual(X)
+    X, R = _start(x0, b, n, where, work, true_residual)
     info = SolverInfo(
         solver="cg",
         tol=float(tol),
@@ -297,15 +288,7 @@ def _refine(A, exact_op, B, ridge, *, x0, tol, max_iter, desc, verbose, **cg_kw)
         out = ex.matvec(X).to(torch.float64)
         return b - (out + ridge * X if ridge else out)
 
-    if x0 is None:
-        X, R = torch.zeros_like(b), b.clone()
-    else:
-        X = check_rhs(x0, n, where, "x0").to(torch.float64).clone()
-        if X.shape != b.shape:
-            raise ValueError(
-                f"{where}: x0 must have the shape of B {tuple(b.shape)}, got {tuple(x0.shape)}"
-            )
-        R = exact_residual(X)
+    X, R = _start(x0, b, n, where, torch.float64, exact_residual)
     info = SolverInfo(
         solver="cg",
         tol=float(tol),
@@ -373,6 +356,19 @@ def _refine(A, exact_op, B, ridge, *, x0, tol, max_iter, desc, verbose, **cg_kw)
     if not info.converged:
         warn_unconverged(where, info, why)
     return _shape_like(X_best, B, one_d), info
+
+
+def _start(x0, b, n: int, where: str, dtype, residual):
+    """``(X, R)`` at the starting point: zeros and ``b``, or ``x0`` (checked against the shape of
+    ``b``, in ``dtype``) and ``residual(x0)``."""
+    if x0 is None:
+        return torch.zeros_like(b), b.clone()
+    X = check_rhs(x0, n, where, "x0").to(dtype).clone()
+    if X.shape != b.shape:
+        raise ValueError(
+            f"{where}: x0 must have the shape of B {tuple(b.shape)}, got {tuple(x0.shape)}"
+        )
+    return X, residual(X)
 
 
 def _dtype_name(dtype) -> str:

@@ -47,3 +47,30 @@ type = "fake_kernel"
 @pytest.fixture
 def base_toml():
     return BASE_TOML
+
+
+# A real kernel sweep of 12 small trials (N = 100-300), for tests that run the command line in
+# separate processes (kill and resume, concurrent runs).
+KERNEL_TOML = """
+[sweep]
+name = "tiny"
+n_train = [100, 200, 300]
+seeds = [0, 1, 2, 3]
+n_test = 500
+
+[concept]
+name = "parity"
+d = 12
+k = 4
+alpha = 0.3
+
+[[learners]]
+label = "RBF ridge"
+type = "kernel_ridge"
+kernel = "rbf"
+"""
+
+
+@pytest.fixture
+def kernel_toml():
+    return KERNEL_TOML

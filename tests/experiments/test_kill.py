@@ -13,25 +13,6 @@ import pytest
 
 from fastkernels.experiments import ResultsStore, expand, load_spec
 
-TINY = """
-[sweep]
-name = "tiny"
-n_train = [100, 200, 300]
-seeds = [0, 1, 2, 3]
-n_test = 500
-
-[concept]
-name = "parity"
-d = 12
-k = 4
-alpha = 0.3
-
-[[learners]]
-label = "RBF ridge"
-type = "kernel_ridge"
-kernel = "rbf"
-"""
-
 
 def _count(path) -> int:
     """Rows committed so far, read without taking part in the writer's transactions."""
@@ -66,9 +47,9 @@ def _processes_mentioning(path) -> list[str]:
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
-def test_sigkill_then_resume(tmp_path):
+def test_sigkill_then_resume(tmp_path, kernel_toml):
     spec_path = tmp_path / "tiny.toml"
-    spec_path.write_text(TINY)
+    spec_path.write_text(kernel_toml)
     store = tmp_path / "S.db"
     cmd = [
         sys.executable,

@@ -99,6 +99,12 @@ def store_path(tmp_path):
     return path
 
 
+def _series(st, label, width):
+    """The one series of ``label`` at ``width`` in a setting (keys also carry the config hash)."""
+    (found,) = [s for (lab, w, _), s in st.series.items() if (lab, w) == (label, width)]
+    return found
+
+
 def test_write_report(store_path, tmp_path):
     out = tmp_path / "out"
     report = write_report(store_path, out)
@@ -149,7 +155,7 @@ def test_analyse_and_summary(store_path):
     first, second = analyse(rows)
     assert first.ns == [100, 200] and first.widths == [4, 8] and first.level == pytest.approx(0.5)
     assert second.alpha == 0.3 and second.widths == []
-    mean, std, lo, hi, n = first.series[("net", 4)].stats(100)
+    mean, std, lo, hi, n = _series(first, "net", 4).stats(100)
     assert (mean, lo, hi, n) == (pytest.approx(1.0), 0.8, 1.2, 3) and std == pytest.approx(0.2)
     text = summary_table(store_path)
     lines = text.splitlines()
@@ -211,7 +217,7 @@ def test_one_configuration_over_widths_is_one_learner(store_path):
     # the width is part of the configuration hash but has its own column: no [width=...] tag
     (first, _) = analyse(_rows(store_path))
     assert {s.display for s in first.series.values()} == {"net", "kern"}
-    assert first.series[("net", 4)].config_hash != first.series[("net", 8)].config_hash
+    assert _series(first, "net", 4).config_hash != _series(first, "net", 8).config_hash
 
 
 def _rows(path):

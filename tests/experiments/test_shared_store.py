@@ -25,25 +25,6 @@ from fastkernels.experiments.store import Owner
 
 pytestmark = pytest.mark.usefixtures("fake_learners")
 
-KERNEL_SWEEP = """
-[sweep]
-name = "shared"
-n_train = [300, 400]
-seeds = [0, 1, 2, 3]
-n_test = 200
-
-[concept]
-name = "parity"
-d = 12
-k = 4
-alpha = 0.3
-
-[[learners]]
-label = "RBF ridge"
-type = "kernel_ridge"
-kernel = "rbf"
-"""
-
 
 def _cli(args, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -57,15 +38,15 @@ def _cli(args, cwd):
     )
 
 
-def test_two_processes_compute_each_trial_once(tmp_path):
+def test_two_processes_compute_each_trial_once(tmp_path, kernel_toml):
     spec_path = tmp_path / "shared.toml"
-    spec_path.write_text(KERNEL_SWEEP)
+    spec_path.write_text(kernel_toml)
     store = tmp_path / "S.db"
     args = ["run", str(spec_path), "--store", str(store), "--no-report"]
     procs = [_cli(args, tmp_path) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
-    total = len(expand(parse_spec(KERNEL_SWEEP)))
+    total = len(expand(parse_spec(kernel_toml)))
     ran = []
     for out, _ in outs:
         m = re.search(r"ran (\d+) trials in this process", out)
@@ -76,7 +57,7 @@ def test_two_processes_compute_each_trial_once(tmp_path):
     with ResultsStore(store) as st:
         assert len(st) == total and st.claims() == []
         keys = [r["key"] for r in st.rows()]
-    assert sorted(keys) == sorted(t.key for t in expand(parse_spec(KERNEL_SWEEP)))
+    assert sorted(keys) == sorted(t.key for t in expand(parse_spec(kernel_toml)))
 
 
 def _dead_owner() -> Owner:
