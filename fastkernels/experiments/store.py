@@ -291,6 +291,10 @@ class ResultsStore:
                 os.link(tmp, self.path)
             except FileExistsError:
                 self._check_header()
+            except OSError:
+                # A file system without hard links: a rename, which cannot refuse to replace a
+                # store another process created in the same instant (rare; first run only).
+                os.replace(tmp, self.path)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot create ({_sqlite_problem(exc)})") from None
         except OSError as exc:

@@ -170,3 +170,17 @@ def test_record_sweep(tmp_path):
         st.record_sweep("s", "second", {"report": {"c": 3.0}})
         (sw,) = st.sweeps()
     assert sw["name"] == "s" and sw["description"] == "second" and sw["spec"]["report"]["c"] == 3.0
+
+
+def test_new_store_without_hard_links(tmp_path, monkeypatch):
+    # Built under a temporary name and moved into place; on a file system without hard links
+    # the move is a rename, and nothing but the store is left behind.
+    def no_link(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+    with ResultsStore(tmp_path / "r.db") as st:
+        assert st.add(make_row("a"))
+    assert os.listdir(tmp_path) == ["r.db"]
+    with ResultsStore(tmp_path / "r.db", create=False) as st:
+        assert st.finished_keys() == {"a"}
