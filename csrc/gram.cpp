@@ -1,6 +1,5 @@
-// fastkernels::_gram_cpu: the Gram matrix on CPU, one GEMM tile at a time with the kernel's
-// epilogue applied while the tile is in cache. Called by the CPU registration of the
-// fastkernels::gram custom op (fastkernels/ops/__init__.py) for the kernels implemented here.
+// fastkernels::gram on CPU: the Gram matrix, one GEMM tile at a time with the kernel's epilogue
+// applied while the tile is in cache.
 #include "kernel_common.h"
 
 namespace fastkernels {
@@ -65,8 +64,6 @@ at::Tensor gram_cpu(const at::Tensor& x1_in, const at::Tensor& x2_in, c10::strin
 
 }  // namespace fastkernels
 
-TORCH_LIBRARY_FRAGMENT(fastkernels, m) {
-  m.def("_gram_cpu(Tensor x1, Tensor x2, str kernel, float[] params, int? diag_offset) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(fastkernels, CPU, m) { m.impl("_gram_cpu", &fastkernels::gram_cpu); }
+// The CPU implementation of the public op, whose schema, reference, fake and autograd
+// live in fastkernels/ops/gram.py (importing fastkernels.ops defines the op, then loads _C).
+TORCH_LIBRARY_IMPL(fastkernels, CPU, m) { m.impl("gram", &fastkernels::gram_cpu); }

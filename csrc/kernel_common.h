@@ -58,84 +58,71 @@ struct Spec {
 
 inline bool is_int(double x) { return std::isfinite(x) && x == std::floor(x); }
 
-// Mirrors fastkernels/ops/_common.py:unpack_params for the kernels implemented here. `dim` is the
-// number of input columns D (the nngp / ntk kernels scale their inputs by 1 / D).
+// The parameter layout is defined once, in fastkernels/ops/_common.py (LAYOUT, unpack_params);
+// this parser repeats its layouts, checks and messages, and tests/ops/test_params.py checks it
+// against that definition case by case. `dim` is the number of input columns D (the nngp / ntk
+// kernels scale their inputs by 1 / D).
 inline Spec parse_spec(const char* op, c10::string_view kernel, at::ArrayRef<double> p,
                        int64_t dim) {
+  static const std::pair<const char*, const char*> kLayouts[] = {
+      {"rbf", "[gamma]"},
+      {"laplace", "[gamma]"},
+      {"matern", "[nu, gamma]"},
+      {"polynomial", "[degree, gamma, coef0]"},
+      {"linear", "[]"},
+      {"arccos", "[order]"},
+      {"nngp", "[arch_code, depth]"},
+      {"ntk", "[arch_code, depth, trainable_code]"}};
   const std::string k(kernel.data(), kernel.size());
-  auto want = [&](size_t n, const char* layout) {
-    TORCH_CHECK_VALUE(p.size() == n, op, ": params for kernel '", k, "' must be ", layout, " (",
-                      n, " values), got ", p.size(), " values");
+  const char* layout = nullptr;
+  for (const auto& [name, l] : kLayouts) layout = k == name ? l : layout;
+  TORCH_CHECK_VALUE(layout != nullptr, op, ": kernel must be one of ('rbf', 'laplace', ",
+                    "'matern', 'polynomial', 'linear', 'arccos', 'nngp', 'ntk'), got '", k, "'");
+  const size_t n = layout[1] == ']' ? 0 : std::count(layout, layout + std::strlen(layout), ',') + 1;
+  TORCH_CHECK_VALUE(p.size() == n, op, ": params for kernel '", k, "' must be ", layout, " (", n,
+                    " values), got ", p);
+  auto bad = [&](bool ok, const char* what) {
+    TORCH_CHECK_VALUE(ok, op, ": params for kernel '", k, "' (", layout, "): ", what, ", got ", p);
   };
-  auto positive = [&](double g, const char* what) {
-    TORCH_CHECK_VALUE(std::isfinite(g) && g > 0, op, ": params for kernel '", k, "': ", what,
-                      " must be a finite number > 0, got ", g);
-  };
+  auto positive = [](double g) { return std::isfinite(g) && g > 0; };
   Spec s;
-  if (k == "rbf" || k == "laplace") {
-    want(1, "[gamma]");
-    positive(p[0], "gamma (bandwidth)");
-    s.kind = k == "rbf" ? Kind::rbf : Kind::laplace;
-    s.gamma = p[0];
-  } else if (k == "matern") {
-    want(2, "[nu, gamma]");
-    positive(p[1], "gamma (bandwidth)");
-    const double nu = p[0];
-    TORCH_CHECK_VALUE(nu == 0.5 || nu == 1.5 || nu == 2.5, op,
-                      ": params for kernel 'matern': nu must be one of 0.5, 1.5, 2.5, got ", nu);
-    s.kind = nu == 0.5 ? Kind::laplace : (nu == 1.5 ? Kind::matern15 : Kind::matern25);
-    s.gamma = p[1];
+  if (k == "rbf" || k == "laplace" || k == "matern") {
+    s.gamma = p.back();
+    bad(positive(s.gamma), "gamma (bandwidth) must be a finite number > 0");
+    const double nu = k == "matern" ? p[0] : 0.5;
+    bad(nu == 0.5 || nu == 1.5 || nu == 2.5, "nu must be one of (0.5, 1.5, 2.5)");
+    s.kind = k == "rbf" ? Kind::rbf
+                        : (nu == 0.5 ? Kind::laplace : (nu == 1.5 ? Kind::matern15 : Kind::matern25));
   } else if (k == "polynomial") {
-    want(3, "[degree, gamma, coef0]");
-    TORCH_CHECK_VALUE(is_int(p[0]) && p[0] >= 1, op,
-                      ": params for kernel 'polynomial': degree must be a positive integer, got ",
-                      p[0]);
-    positive(p[1], "gamma");
-    TORCH_CHECK_VALUE(std::isfinite(p[2]), op,
-                      ": params for kernel 'polynomial': coef0 must be finite, got ", p[2]);
+    bad(is_int(p[0]) && p[0] >= 1, "degree must be a positive integer");
+    bad(positive(p[1]), "gamma must be a finite number > 0");
+    bad(std::isfinite(p[2]), "coef0 must be finite");
     s.kind = Kind::polynomial;
-    s.degree = static_cast<int64_t>(p[0]);
+    // Capped before the cast (a cast of a huge double to int64 is undefined).
+    s.degree = static_cast<int64_t>(std::min(p[0], 1e15));
     s.gamma = p[1];
     s.coef0 = p[2];
   } else if (k == "linear") {
-    want(0, "[]");
     s.kind = Kind::linear;
   } else if (k == "arccos") {
-    want(1, "[order]");
-    TORCH_CHECK_VALUE(p[0] == 0.0 || p[0] == 1.0, op,
-                      ": params for kernel 'arccos': order must be 0 or 1, got ", p[0]);
+    bad(p[0] == 0.0 || p[0] == 1.0, "order must be 0 or 1");
     s.kind = p[0] == 0.0 ? Kind::arccos0 : Kind::arccos1;
-  } else if (k == "nngp" || k == "ntk") {
-    const bool ntk = k == "ntk";
-    const char* layout = ntk ? "[arch_code, depth, trainable_code]" : "[arch_code, depth]";
-    want(ntk ? 3 : 2, layout);
-    // The messages of unpack_params: op, kernel, layout, what is wrong, the values given.
-    auto bad = [&](const char* what) {
-      TORCH_CHECK_VALUE(false, op, ": params for kernel '", k, "' (", layout, "): ", what,
-                        ", got ", p);
-    };
-    if (p[0] != 0.0 && p[0] != 1.0) bad("arch_code must be 0 (mlp) or 1 (3resnet)");
+  } else {  // nngp, ntk
+    bad(p[0] == 0.0 || p[0] == 1.0, "arch_code must be 0 (mlp) or 1 (3resnet)");
     s.resnet = p[0] == 1.0;
     if (!s.resnet) {
-      if (!(is_int(p[1]) && p[1] >= 1)) {
-        bad("depth (hidden layers of the mlp) must be a positive integer");
-      }
-      // Capped before the cast (a cast of a huge double to int64 is undefined); a depth this
-      // large would never finish in the reference either.
+      bad(is_int(p[1]) && p[1] >= 1, "depth (hidden layers of the mlp) must be a positive integer");
+      // Capped as the degree; a depth this large would never finish in the reference either.
       s.depth = static_cast<int64_t>(std::min(p[1], 1e15));
     } else {
-      if (p[1] != 0.0) bad("depth must be 0 for the 3resnet (its depth is fixed)");
+      bad(p[1] == 0.0, "depth must be 0 for the 3resnet (its depth is fixed)");
       s.depth = 0;
     }
-    if (ntk) {
-      if (p[2] != 0.0 && p[2] != 1.0) bad("trainable_code must be 0 (hidden) or 1 (all)");
+    if (k == "ntk") {
+      bad(p[2] == 0.0 || p[2] == 1.0, "trainable_code must be 0 (hidden) or 1 (all)");
       s.train_all = p[2] == 1.0;
     }
-    s.kind = ntk ? Kind::ntk : Kind::nngp;
-  } else {
-    TORCH_CHECK_VALUE(false, op, ": kernel must be one of 'rbf', 'laplace', 'matern', ",
-                      "'polynomial', 'linear', 'arccos', 'nngp', 'ntk' in the C++ ",
-                      "implementation, got '", k, "'");
+    s.kind = k == "ntk" ? Kind::ntk : Kind::nngp;
   }
   s.dim = static_cast<double>(dim);
   return s;

@@ -1,4 +1,4 @@
-// fastkernels::_kernel_mv_cpu: K(x1, x2) @ v on CPU without storing K. Each thread owns a row
+// fastkernels::kernel_mv on CPU: K(x1, x2) @ v on CPU without storing K. Each thread owns a row
 // panel of the output and one tile buffer; for every column tile it computes the GEMM tile,
 // applies the kernel's epilogue and multiplies by the matching slice of v while the tile is in
 // cache. Extra memory: one tile per thread plus the norms, whatever N and M.
@@ -88,10 +88,6 @@ at::Tensor kernel_mv_cpu(const at::Tensor& x1_in, const at::Tensor& x2_in, const
 
 }  // namespace fastkernels
 
-TORCH_LIBRARY_FRAGMENT(fastkernels, m) {
-  m.def(
-      "_kernel_mv_cpu(Tensor x1, Tensor x2, Tensor v, str kernel, float[] params, "
-      "int? diag_offset) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(fastkernels, CPU, m) { m.impl("_kernel_mv_cpu", &fastkernels::kernel_mv_cpu); }
+// The CPU implementation of the public op, whose schema, reference, fake and autograd
+// live in fastkernels/ops/kernel_mv.py (importing fastkernels.ops defines the op, then loads _C).
+TORCH_LIBRARY_IMPL(fastkernels, CPU, m) { m.impl("kernel_mv", &fastkernels::kernel_mv_cpu); }

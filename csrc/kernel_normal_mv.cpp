@@ -1,4 +1,4 @@
-// fastkernels::_kernel_normal_mv_cpu: K^T (K v) with K = k(x1, x2) on CPU, in one pass over the
+// fastkernels::kernel_normal_mv on CPU: K^T (K v) with K = k(x1, x2) on CPU, in one pass over the
 // rows of x1 that never stores K (the normal-equations product of Nystrom / Falkon solvers).
 //
 // Each thread walks over row panels of x1. Per panel it computes the (rows x M) panel of K (GEMM
@@ -166,12 +166,6 @@ at::Tensor kernel_normal_mv_cpu(const at::Tensor& x1_in, const at::Tensor& x2_in
 
 }  // namespace fastkernels
 
-TORCH_LIBRARY_FRAGMENT(fastkernels, m) {
-  m.def(
-      "_kernel_normal_mv_cpu(Tensor x1, Tensor x2, Tensor v, str kernel, float[] params) -> "
-      "Tensor");
-}
-
-TORCH_LIBRARY_IMPL(fastkernels, CPU, m) {
-  m.impl("_kernel_normal_mv_cpu", &fastkernels::kernel_normal_mv_cpu);
-}
+// The CPU implementation of the public op, whose schema, reference, fake and autograd
+// live in fastkernels/ops/kernel_normal_mv.py (importing fastkernels.ops defines the op, then loads _C).
+TORCH_LIBRARY_IMPL(fastkernels, CPU, m) { m.impl("kernel_normal_mv", &fastkernels::kernel_normal_mv_cpu); }

@@ -1,6 +1,5 @@
-// fastkernels::_ntk_gram_cpu: the structured empirical NTK K = sum_l (A1_l A2_l^T) * (B1_l B2_l^T)
-// on CPU, one output tile per task (ntk_common.h). Called by the CPU registration of the
-// fastkernels::ntk_gram custom op (fastkernels/ops/__init__.py).
+// fastkernels::ntk_gram on CPU: the structured empirical NTK
+// K = sum_l (A1_l A2_l^T) * (B1_l B2_l^T), one output tile per task (ntk_common.h).
 //
 // Symmetry: when every a2[l] / b2[l] is the same memory, shape and strides as a1[l] / b1[l]
 // (a kernel of a point set with itself, e.g. empirical_ntk(model, x)), K is symmetric: only the
@@ -75,8 +74,6 @@ at::Tensor ntk_gram_cpu(at::TensorList a1_in, at::TensorList b1_in, at::TensorLi
 
 }  // namespace fastkernels
 
-TORCH_LIBRARY_FRAGMENT(fastkernels, m) {
-  m.def("_ntk_gram_cpu(Tensor[] a1, Tensor[] b1, Tensor[] a2, Tensor[] b2) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(fastkernels, CPU, m) { m.impl("_ntk_gram_cpu", &fastkernels::ntk_gram_cpu); }
+// The CPU implementation of the public op, whose schema, reference, fake and autograd
+// live in fastkernels/ops/ntk_gram.py (importing fastkernels.ops defines the op, then loads _C).
+TORCH_LIBRARY_IMPL(fastkernels, CPU, m) { m.impl("ntk_gram", &fastkernels::ntk_gram_cpu); }

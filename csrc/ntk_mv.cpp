@@ -1,6 +1,6 @@
-// fastkernels::_ntk_mv_cpu: K V for the structured empirical NTK (ntk_common.h) on CPU, K never
+// fastkernels::ntk_mv on CPU: K V for the structured empirical NTK (ntk_common.h), K never
 // stored: each task forms one tile of K in a thread-local buffer and multiplies it by the
-// matching rows of V while it is in cache. Called by the CPU registration of fastkernels::ntk_mv.
+// matching rows of V while it is in cache.
 //
 // Symmetric factors (the same memory on both sides, see ntk_gram.cpp): only tiles on and above
 // the diagonal are formed; tile (I, J) adds K_IJ V_J to rows I and K_IJ^T V_I to rows J. Rows J
@@ -105,8 +105,6 @@ at::Tensor ntk_mv_cpu(at::TensorList a1_in, at::TensorList b1_in, at::TensorList
 
 }  // namespace fastkernels
 
-TORCH_LIBRARY_FRAGMENT(fastkernels, m) {
-  m.def("_ntk_mv_cpu(Tensor[] a1, Tensor[] b1, Tensor[] a2, Tensor[] b2, Tensor v) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(fastkernels, CPU, m) { m.impl("_ntk_mv_cpu", &fastkernels::ntk_mv_cpu); }
+// The CPU implementation of the public op, whose schema, reference, fake and autograd
+// live in fastkernels/ops/ntk_mv.py (importing fastkernels.ops defines the op, then loads _C).
+TORCH_LIBRARY_IMPL(fastkernels, CPU, m) { m.impl("ntk_mv", &fastkernels::ntk_mv_cpu); }

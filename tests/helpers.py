@@ -6,7 +6,7 @@ tests/ is on sys.path in every run under it: pytest puts it there to import test
 
 import torch
 
-F64 = torch.float64
+F32, F64 = torch.float32, torch.float64
 
 
 def gen(seed: int) -> torch.Generator:

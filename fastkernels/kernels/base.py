@@ -131,18 +131,14 @@ class Kernel:
             Rows of ``x1`` per op call (default: all). The op bounds its own memory by tiles
             of K, so this only splits the work.
         backend : {"auto", "fastkernels", "keops"}, default "auto"
-            ``"auto"`` / ``"fastkernels"``: the ``kernel_mv`` custom op. ``"keops"``: a KeOps
-            reduction (needs pykeops; rbf, laplace, matern, polynomial, linear and arccos only;
-            forward-only), see :mod:`fastkernels.ops._keops`.
+            As for :func:`fastkernels.ops.kernel_product`: ``"auto"`` / ``"fastkernels"``, the
+            ``kernel_mv`` custom op; ``"keops"``, a KeOps reduction (forward-only).
 
         Returns
         -------
         Tensor, shape (N,) or (N, T) following ``v``, dtype and device of the inputs
         """
         where = f"{type(self).__name__}.mv"
-        ops.check_backend(backend, where)
-        if backend == "keops":
-            ops.check_keops_expressible(self.name, where)  # before any input is read
         x1, x2 = self._check_inputs(x1, x2, where=where)
         v = _check_tensor(v, name="v", where=where, ndim=(1, 2))
         if v.shape[0] != x2.shape[0]:
@@ -159,19 +155,17 @@ class Kernel:
             block_size = n
         else:
             block_size = check_positive_int(block_size, name="block_size", where=where)
-        params = self.op_params(x1.shape[1])
+        product = ops.kernel_product(self.name, self.op_params(x1.shape[1]), backend, where=where)
         vv = v[:, None] if v.dim() == 1 else v
         same = x1 is x2
-        product = ops.keops_kernel_mv if backend == "keops" else torch.ops.fastkernels.kernel_mv
         if block_size >= n:
-            offset = 0 if same else None
-            out = product(x1, x2, vv, self.name, params, offset)
+            out = product(x1, x2, vv)
         else:
             out = torch.empty((n, vv.shape[1]), dtype=x1.dtype, device=x1.device)
             for i0 in range(0, n, block_size):
                 i1 = min(n, i0 + block_size)
                 # A row block of x2 itself: its self-pairs sit on the diagonal shifted by i0.
-                out[i0:i1] = product(x1[i0:i1], x2, vv, self.name, params, i0 if same else None)
+                out[i0:i1] = product(x1[i0:i1], x2, vv, i0 if same else None)
         return out[:, 0] if v.dim() == 1 else out
 
     def __repr__(self) -> str:

@@ -4,9 +4,9 @@ Each op is a ``torch.library.custom_op`` whose body is the readable torch refere
 implementations are registered per device on the same op name, so callers just call
 ``torch.ops.fastkernels.<op>`` (or the thin wrappers here) and the dispatcher picks:
 
-- CPU tensors: the C++ kernels of ``fastkernels._C`` (``csrc/``) when the extension was built
-  (``gram`` / ``kernel_mv`` / ``kernel_normal_mv`` for the kernels in :data:`CPP_KERNELS`;
-  ``ntk_gram`` / ``ntk_mv`` always); otherwise the reference;
+- CPU tensors: the C++ kernels of ``fastkernels._C`` (``csrc/<op>.cpp``, registered by C++ on
+  the same op names for the CPU dispatch key) when the extension was built; otherwise the
+  reference;
 - CUDA tensors: the Triton kernels of :mod:`fastkernels.ops._triton` when ``triton`` imports;
   otherwise the reference;
 - any other device: the reference.
@@ -17,27 +17,32 @@ registered (``fastkernels info`` reports both).
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 import torch
 from torch import Tensor
 
 from . import formulas
-from ._common import CPP_KERNELS, KERNEL_NAMES, pack_params, unpack_params
+from ._common import KERNEL_NAMES, pack_params, unpack_params
 
 # KeOps backend: the module is light (pykeops itself is imported on first KeOps use only).
 from ._keops import BACKENDS, KEOPS_KERNELS, check_backend
 from ._keops import check_expressible as check_keops_expressible
 from ._keops import kernel_mv as keops_kernel_mv
 from ._keops import pykeops_torch as require_keops
-from .gram import gram as _gram_op
 from .gram import gram_reference
-from .kernel_mv import kernel_mv as _kernel_mv_op
 from .kernel_mv import kernel_mv_reference
-from .kernel_normal_mv import kernel_normal_mv as _kernel_normal_mv_op
 from .kernel_normal_mv import kernel_normal_mv_reference
 from .ntk_gram import ntk_gram, ntk_gram_reference
 from .ntk_mv import ntk_mv, ntk_mv_reference
 
+# The op names; each has its file (fastkernels/ops/<name>.py) with IMPLEMENTATIONS.
+OPS = ("gram", "kernel_mv", "kernel_normal_mv", "ntk_gram", "ntk_mv")
+
 __all__ = [
+    "OPS",
     "gram",
     "kernel_mv",
     "kernel_normal_mv",
@@ -51,8 +56,8 @@ __all__ = [
     "pack_params",
     "unpack_params",
     "KERNEL_NAMES",
-    "CPP_KERNELS",
     "HAS_CPP",
+    "ExtensionWarning",
     "HAS_TRITON",
     "formulas",
     "BACKENDS",
@@ -60,51 +65,42 @@ __all__ = [
     "check_backend",
     "check_keops_expressible",
     "keops_kernel_mv",
+    "KernelProduct",
+    "kernel_product",
     "require_keops",
 ]
 
 
 def _load_extension() -> bool:
+    """Load ``fastkernels._C``: its ``TORCH_LIBRARY_IMPL(fastkernels, CPU, m)`` blocks register
+    the C++ kernels on the op names defined above (``csrc/<op>.cpp``); False without it."""
     try:
-        from .. import _C  # noqa: F401  (registers fastkernels::_gram_cpu, _ntk_gram_cpu, ...)
+        from .. import _C  # noqa: F401
     except ImportError:
         return False
-    return True
+    # An extension that loaded but registered nothing (e.g. built from other sources) is no C++.
+    return all(
+        torch._C._dispatch_has_kernel_for_dispatch_key(f"fastkernels::{op}", "CPU") for op in OPS
+    )
+
+
+class ExtensionWarning(UserWarning):
+    """The C++ extension is missing: CPU ops run their torch reference, several times slower."""
 
 
 HAS_CPP = _load_extension()
-
-if HAS_CPP:
-
-    @_gram_op.register_kernel("cpu")
-    def _gram_cpu(x1, x2, kernel, params, diag_offset):
-        if kernel in CPP_KERNELS:
-            return torch.ops.fastkernels._gram_cpu(x1, x2, kernel, params, diag_offset)
-        return gram_reference(x1, x2, kernel, params, diag_offset)
-
-    @_kernel_mv_op.register_kernel("cpu")
-    def _kernel_mv_cpu(x1, x2, v, kernel, params, diag_offset):
-        if kernel in CPP_KERNELS:
-            return torch.ops.fastkernels._kernel_mv_cpu(x1, x2, v, kernel, params, diag_offset)
-        return kernel_mv_reference(x1, x2, v, kernel, params, diag_offset)
-
-    # An extension built before csrc/kernel_normal_mv.cpp existed lacks the op: keep the
-    # reference rather than fail at call time.
-    if hasattr(torch.ops.fastkernels, "_kernel_normal_mv_cpu"):
-
-        @_kernel_normal_mv_op.register_kernel("cpu")
-        def _kernel_normal_mv_cpu(x1, x2, v, kernel, params):
-            if kernel in CPP_KERNELS:
-                return torch.ops.fastkernels._kernel_normal_mv_cpu(x1, x2, v, kernel, params)
-            return kernel_normal_mv_reference(x1, x2, v, kernel, params)
-
-    @ntk_gram.register_kernel("cpu")
-    def _ntk_gram_cpu(a1, b1, a2, b2):
-        return torch.ops.fastkernels._ntk_gram_cpu(a1, b1, a2, b2)
-
-    @ntk_mv.register_kernel("cpu")
-    def _ntk_mv_cpu(a1, b1, a2, b2, v):
-        return torch.ops.fastkernels._ntk_mv_cpu(a1, b1, a2, b2, v)
+if not HAS_CPP and os.environ.get("FASTKERNELS_NO_EXT", "0").lower() in ("", "0", "false", "no"):
+    # Once per process, at import: an isolated build (plain `pip install -e .`) has no torch to
+    # compile against and installs the package without the extension, silently otherwise.
+    warnings.warn(
+        "fastkernels: the C++ extension (fastkernels._C) is not built, so the ops run their "
+        "torch reference on CPU, several times slower. Build it with "
+        "`pip install --no-build-isolation -e .` in an environment that has torch, setuptools "
+        "and a C++ compiler (FASTKERNELS_REQUIRE_EXT=1 makes a failed build an error; "
+        "FASTKERNELS_NO_EXT=1 silences this warning).",
+        ExtensionWarning,
+        stacklevel=2,
+    )
 
 
 def _load_triton() -> bool:
@@ -114,26 +110,10 @@ def _load_triton() -> bool:
     except Exception:  # not installed, or a broken install failing at import: keep the reference
         return False
 
-    @_gram_op.register_kernel("cuda")
-    def _gram_cuda(x1, x2, kernel, params, diag_offset):
-        return _triton.gram_triton(x1, x2, kernel, params, diag_offset)
-
-    @_kernel_mv_op.register_kernel("cuda")
-    def _kernel_mv_cuda(x1, x2, v, kernel, params, diag_offset):
-        return _triton.kernel_mv_triton(x1, x2, v, kernel, params, diag_offset)
-
-    @_kernel_normal_mv_op.register_kernel("cuda")
-    def _kernel_normal_mv_cuda(x1, x2, v, kernel, params):
-        return _triton.kernel_normal_mv_triton(x1, x2, v, kernel, params)
-
-    @ntk_gram.register_kernel("cuda")
-    def _ntk_gram_cuda(a1, b1, a2, b2):
-        return _triton.ntk_gram_triton(a1, b1, a2, b2)
-
-    @ntk_mv.register_kernel("cuda")
-    def _ntk_mv_cuda(a1, b1, a2, b2, v):
-        return _triton.ntk_mv_triton(a1, b1, a2, b2, v)
-
+    for name in OPS:
+        module = sys.modules[f"{__name__}.{name}"]
+        launcher = getattr(_triton, module.IMPLEMENTATIONS["cuda"])
+        getattr(module, name).register_kernel("cuda")(launcher)
     return True
 
 
@@ -185,6 +165,91 @@ def gram(
     return torch.ops.fastkernels.gram(x1, x2, kernel, [float(p) for p in params], diag_offset)
 
 
+class KernelProduct:
+    """``K(x1, x2) @ v`` of one kernel and its parameters on a backend chosen once.
+
+    Built by :func:`kernel_product`, which validates the kernel, its parameters and the backend;
+    a call goes straight to the ``kernel_mv`` custom op (the dispatcher picks C++, Triton or the
+    reference by device) or to the KeOps reduction, so that a solver's hundreds of products
+    repeat none of those choices. Each call still checks its tensors, once, in the op.
+    :meth:`gram` and :meth:`normal_mv` give the solvers' other products of the same kernel.
+
+    Attributes
+    ----------
+    kernel : str
+    params : list of float
+    backend : {"fastkernels", "keops"}
+        The resolved backend (``"auto"`` resolves to ``"fastkernels"``).
+    """
+
+    __slots__ = ("kernel", "params", "backend", "_fn")
+
+    def __init__(self, kernel: str, params: list[float], backend: str, fn):
+        self.kernel, self.params, self.backend, self._fn = kernel, params, backend, fn
+
+    def __call__(self, x1: Tensor, x2: Tensor, v: Tensor, diag_offset: int | None = None):
+        """``K(x1, x2) @ v`` for x1 (N, D), x2 (M, D), v (M, T); result (N, T).
+
+        ``diag_offset`` as for :func:`gram`; None with ``x1 is x2`` means 0.
+        """
+        if diag_offset is None and x1 is x2:
+            diag_offset = 0
+        return self._fn(x1, x2, v, self.kernel, self.params, diag_offset)
+
+    def gram(self, x1: Tensor, x2: Tensor, diag_offset: int | None = None) -> Tensor:
+        """The Gram block ``K(x1, x2)`` (N, M) of the same kernel (the ``gram`` op, any backend:
+        KeOps forms no matrices)."""
+        return torch.ops.fastkernels.gram(x1, x2, self.kernel, self.params, diag_offset)
+
+    def normal_mv(self, x1: Tensor, x2: Tensor, v: Tensor) -> Tensor:
+        """``K^T (K v)`` with ``K = K(x1, x2)``, v (M, T) (the ``kernel_normal_mv`` op)."""
+        return torch.ops.fastkernels.kernel_normal_mv(x1, x2, v, self.kernel, self.params)
+
+    def __repr__(self) -> str:
+        return f"KernelProduct({self.kernel!r}, {self.params!r}, backend={self.backend!r})"
+
+
+def kernel_product(
+    kernel: str, params=(1.0,), backend: str = "auto", *, where: str = "fastkernels.ops"
+) -> KernelProduct:
+    """Choose the backend of ``K(x1, x2) @ v`` once: the one place a backend name is resolved.
+
+    Parameters
+    ----------
+    kernel : str
+        A name in :data:`KERNEL_NAMES`.
+    params : sequence of float
+        Packed parameters (see :func:`pack_params`).
+    backend : {"auto", "fastkernels", "keops"}, default "auto"
+        ``"auto"`` and ``"fastkernels"``: the custom op. ``"keops"``: a KeOps reduction
+        (:mod:`fastkernels.ops._keops`; needs pykeops, the ``keops`` extra) for the kernels it
+        expresses (:data:`KEOPS_KERNELS`); forward-only; the first call per formula compiles
+        it (10-20 s, then cached in the user's cache folder).
+    where : str
+        Caller named in error messages.
+
+    Returns
+    -------
+    KernelProduct
+
+    Raises
+    ------
+    ValueError
+        An unknown kernel or ``backend``, invalid parameters, or a kernel KeOps cannot express
+        with ``backend="keops"``.
+    ImportError
+        ``backend="keops"`` without pykeops installed.
+    """
+    check_backend(backend, where)
+    params = [float(p) for p in params]
+    unpack_params(where, kernel, params)
+    if backend == "keops":
+        check_keops_expressible(kernel, where)
+        require_keops()  # ImportError now, not at the first product of a solve
+        return KernelProduct(kernel, params, "keops", keops_kernel_mv)
+    return KernelProduct(kernel, params, "fastkernels", torch.ops.fastkernels.kernel_mv)
+
+
 def kernel_mv(
     x1: Tensor,
     x2: Tensor,
@@ -209,11 +274,7 @@ def kernel_mv(
     diag_offset : int, optional
         As for :func:`gram` (default 0 when ``x1 is x2``).
     backend : {"auto", "fastkernels", "keops"}, default "auto"
-        ``"auto"`` and ``"fastkernels"``: the custom op (the dispatcher picks C++ / reference).
-        ``"keops"``: a KeOps reduction (:mod:`fastkernels.ops._keops`; needs pykeops, the
-        ``keops`` extra) for the kernels it expresses (rbf, laplace, matern, polynomial,
-        linear, arccos); forward-only; the first call per formula compiles it (10-20 s, then
-        cached in the user's cache folder).
+        As for :func:`kernel_product`.
 
     Returns
     -------
@@ -227,16 +288,9 @@ def kernel_mv(
     ImportError
         ``backend="keops"`` without pykeops installed.
     """
-    check_backend(backend, "fastkernels.ops.kernel_mv")
-    if x1 is x2 and diag_offset is None:
-        diag_offset = 0
+    product = kernel_product(kernel, params, backend, where="fastkernels.ops.kernel_mv")
     vec = isinstance(v, Tensor) and v.dim() == 1
-    vv = v[:, None] if vec else v
-    params = [float(p) for p in params]
-    if backend == "keops":
-        out = keops_kernel_mv(x1, x2, vv, kernel, params, diag_offset)
-    else:
-        out = torch.ops.fastkernels.kernel_mv(x1, x2, vv, kernel, params, diag_offset)
+    out = product(x1, x2, v[:, None] if vec else v, diag_offset)
     return out[:, 0] if vec else out
 
 

@@ -42,7 +42,7 @@ from . import formulas as F
 
 __all__ = [
     "KERNEL_NAMES",
-    "CPP_KERNELS",
+    "LAYOUT",
     "pack_params",
     "unpack_params",
     "check_tensors",
@@ -54,13 +54,12 @@ __all__ = [
 ]
 
 KERNEL_NAMES = ("rbf", "laplace", "matern", "polynomial", "linear", "arccos", "nngp", "ntk")
-# Kernels the C++ extension implements; the others run the reference on CPU.
-CPP_KERNELS = frozenset(
-    {"rbf", "laplace", "matern", "polynomial", "linear", "arccos", "nngp", "ntk"}
-)
 _ARCH_CODES = {"mlp": 0, "3resnet": 1}
 _TRAINABLE_CODES = {"hidden": 0, "all": 1}
-_LAYOUT = {
+# The parameter layout of every kernel, defined here once: unpack_params validates by it, the
+# Triton launchers unpack through unpack_params, and the C++ parser (csrc/kernel_common.h), which
+# repeats the layouts and messages, is checked against it in tests/ops/test_params.py.
+LAYOUT = {
     "rbf": "[gamma]",
     "laplace": "[gamma]",
     "matern": "[nu, gamma]",
@@ -138,7 +137,7 @@ def unpack_params(op: str, kernel: str, params) -> dict:
     if kernel not in KERNEL_NAMES:
         raise ValueError(f"{op}: kernel must be one of {KERNEL_NAMES}, got {kernel!r}")
     p = [float(a) for a in params]
-    layout = _LAYOUT[kernel]
+    layout = LAYOUT[kernel]
     want = 0 if layout == "[]" else layout.count(",") + 1
     if len(p) != want:
         raise ValueError(

@@ -42,7 +42,7 @@ everything, as in the op.
 
 The sums over j run in the input dtype (KeOps' default accumulator): float32 results are
 within about 1e-6 of the float64 product, normwise over the output (measured in
-``tests/ops/test_keops_backend.py``), like the op's float32 C++ path.
+``tests/ops/test_kernel_mv.py``), like the op's float32 C++ path.
 
 Gradients are not provided: this backend is forward-only (it serves memory-free products for
 the solvers); inputs that require grad raise, use ``backend="auto"`` to differentiate.

@@ -1,11 +1,9 @@
 """The ``fastkernels::gram`` op: the N x M kernel matrix ``K[i, j] = k(x1_i, x2_j)``.
 
-Implementations: the reference (the op body below: :mod:`fastkernels.kernels.formulas`, any
-device, the test oracle); C++ for CPU tensors (``csrc/gram.cpp``, registered in
-:mod:`fastkernels.ops` when ``fastkernels._C`` imports; kernels outside
-:data:`~fastkernels.ops._common.CPP_KERNELS` keep the reference); Triton for CUDA tensors
-(:mod:`fastkernels.ops._triton.gram`, registered when ``triton`` imports). Autograd is the same
-for every implementation (:func:`~fastkernels.ops._common.gram_vjp_terms`).
+Implementations (:data:`IMPLEMENTATIONS`): the reference (the op body below:
+:mod:`fastkernels.ops.formulas`, any device, the test oracle); C++ for CPU tensors
+(``csrc/gram.cpp``); Triton for CUDA tensors (:mod:`fastkernels.ops._triton.gram`). Autograd is
+the same for every implementation (:func:`~fastkernels.ops._common.gram_vjp_terms`).
 """
 
 from __future__ import annotations
@@ -26,6 +24,10 @@ from ._common import (
 __all__ = ["gram", "gram_reference"]
 
 OP = "fastkernels::gram"
+# The device implementations registered on this op's name (the body below serves every
+# other device): C++ by TORCH_LIBRARY_IMPL when fastkernels._C loads, and the Triton
+# launcher of this name in fastkernels.ops._triton when triton imports.
+IMPLEMENTATIONS = {"cpu": "csrc/gram.cpp", "cuda": "gram_triton"}
 
 
 def gram_reference(

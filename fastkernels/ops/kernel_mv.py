@@ -29,6 +29,10 @@ from ._common import (
 __all__ = ["kernel_mv", "kernel_mv_reference", "BLOCK_ENTRIES"]
 
 OP = "fastkernels::kernel_mv"
+# The device implementations registered on this op's name (the body below serves every
+# other device): C++ by TORCH_LIBRARY_IMPL when fastkernels._C loads, and the Triton
+# launcher of this name in fastkernels.ops._triton when triton imports.
+IMPLEMENTATIONS = {"cpu": "csrc/kernel_mv.cpp", "cuda": "kernel_mv_triton"}
 
 # Kernel entries per row block of the reference and of the backward (8 MiB in float32); the
 # backward holds a few such blocks (s, dL/dK, derivatives) at once.

@@ -36,6 +36,10 @@ from ._common import check_finite, check_points, check_tensors, resolve_offset, 
 __all__ = ["kernel_normal_mv", "kernel_normal_mv_reference", "check_inputs", "BLOCK_ENTRIES"]
 
 OP = "fastkernels::kernel_normal_mv"
+# The device implementations registered on this op's name (the body below serves every
+# other device): C++ by TORCH_LIBRARY_IMPL when fastkernels._C loads, and the Triton
+# launcher of this name in fastkernels.ops._triton when triton imports.
+IMPLEMENTATIONS = {"cpu": "csrc/kernel_normal_mv.cpp", "cuda": "kernel_normal_mv_triton"}
 
 # Kernel entries per row block of the reference (8 MiB in float32), as in kernel_mv.
 BLOCK_ENTRIES = 1 << 21

@@ -4,7 +4,7 @@ K = sum_l (A1_l A2_l^T) * (B1_l B2_l^T), N x M, computed tile by tile (see
 :mod:`fastkernels.ops._ntk_common`): the Hadamard products and the layer sum ride on the GEMMs
 and no per-layer N x M intermediate is allocated. The body is the torch reference (any device);
 CPU tensors go to the C++ kernel ``csrc/ntk_gram.cpp`` when the extension is built and CUDA
-tensors to Triton (both registered in :mod:`fastkernels.ops`).
+tensors to Triton (:data:`IMPLEMENTATIONS`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ from ._ntk_common import (
 __all__ = ["ntk_gram", "ntk_gram_reference"]
 
 OP = "fastkernels::ntk_gram"
+# The device implementations registered on this op's name (the body below serves every
+# other device): C++ by TORCH_LIBRARY_IMPL when fastkernels._C loads, and the Triton
+# launcher of this name in fastkernels.ops._triton when triton imports.
+IMPLEMENTATIONS = {"cpu": "csrc/ntk_gram.cpp", "cuda": "ntk_gram_triton"}
 
 
 def ntk_gram_reference(a1: list[Tensor], b1: list[Tensor], a2: list[Tensor], b2: list[Tensor]):

@@ -3,8 +3,8 @@
 out = K V with K = sum_l (A1_l A2_l^T) * (B1_l B2_l^T), computed tile by tile: each R x M tile
 of K is formed, multiplied by V and dropped, so the extra memory is three tiles whatever N is.
 The body is the torch reference (any device); CPU tensors go to the C++ kernel
-``csrc/ntk_mv.cpp`` when the extension is built and CUDA tensors to Triton (both registered in
-:mod:`fastkernels.ops`).
+``csrc/ntk_mv.cpp`` when the extension is built and CUDA tensors to Triton
+(:data:`IMPLEMENTATIONS`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ from ._ntk_common import (
 __all__ = ["ntk_mv", "ntk_mv_reference"]
 
 OP = "fastkernels::ntk_mv"
+# The device implementations registered on this op's name (the body below serves every
+# other device): C++ by TORCH_LIBRARY_IMPL when fastkernels._C loads, and the Triton
+# launcher of this name in fastkernels.ops._triton when triton imports.
+IMPLEMENTATIONS = {"cpu": "csrc/ntk_mv.cpp", "cuda": "ntk_mv_triton"}
 
 
 def ntk_mv_reference(

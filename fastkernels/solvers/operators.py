@@ -207,8 +207,13 @@ class KernelOperator:
             raise TypeError(f"{where}: kernel must be callable with an mv method, got {kernel!r}")
         if cache not in ("auto", "dense", "none"):
             raise ValueError(f"{where}: cache must be 'auto', 'dense' or 'none', got {cache!r}")
-        self.backend = _check_backend(backend, kernel, cache, where)
         dtype = x1.dtype if dtype is None else dtype
+        # The product of matvec, bound once (backend and parameters resolved here): op kernels
+        # call the kernel_mv op / KeOps directly, others their own mv.
+        self.product = _bind_product(kernel, backend, cache, x1.shape[1], where)
+        self.backend = getattr(self.product, "backend", "fastkernels")
+        # Gram tiles of op kernels by the op itself (no per-tile input checks of Kernel.__call__).
+        self._gram = getattr(self.product, "gram", kernel)
         self.square = x2 is None or x2 is x1
         self.kernel = kernel
         self.x1 = x1.to(dtype)
@@ -268,7 +273,7 @@ class KernelOperator:
         return sum(t.numel() for t in self._tiles) * self.itemsize
 
     def _tile(self, i0: int, i1: int) -> torch.Tensor:
-        blk = self.kernel(self.x1[i0:i1], self.x2).to(self.dtype)
+        blk = self._gram(self.x1[i0:i1], self.x2).to(self.dtype)
         if self.square:
             # A row tile of x1 against all of x1: its self-pairs sit on a shifted diagonal that
             # the Kernel call cannot see, so they are restored from the exact kernel diagonal.
@@ -291,7 +296,7 @@ class KernelOperator:
             # The compiled Gram op writes the matrix tile by tile with no temporaries: one call
             # over the whole square costs twice the kernel evaluations of the mirrored halves
             # below but none of their transposed copies, which cost more (strided writes).
-            self.K = self.kernel(self.x1, self.x1).to(self.dtype)
+            self.K = self._gram(self.x1, self.x1).to(self.dtype)
             self._tiles = []
             return self.K
         K = torch.empty((n, m), dtype=self.dtype, device=self.device)
@@ -302,9 +307,9 @@ class KernelOperator:
             for i0 in range(0, n, b):
                 i1 = min(n, i0 + b)
                 xi = self.x1[i0:i1]
-                K[i0:i1, i0:i1] = self.kernel(xi, xi).to(self.dtype)
+                K[i0:i1, i0:i1] = self._gram(xi, xi).to(self.dtype)
                 if i1 < n:
-                    blk = self.kernel(xi, self.x1[i1:]).to(self.dtype)
+                    blk = self._gram(xi, self.x1[i1:]).to(self.dtype)
                     K[i0:i1, i1:] = blk
                     K[i1:, i0:i1] = blk.mT
         else:
@@ -326,11 +331,7 @@ class KernelOperator:
             if V.dtype == torch.float64 and self.dtype != torch.float64:
                 return mm_acc64(self.K, V)
             return (self.K @ _pad_columns(V.to(self.dtype)))[:, : V.shape[1]].to(V.dtype)
-        if self.backend == "keops":
-            out = self.kernel.mv(self.x1, self.x2, V.to(self.dtype), backend="keops")
-        else:
-            out = self.kernel.mv(self.x1, self.x2, V.to(self.dtype))
-        return out.to(V.dtype)
+        return self.product(self.x1, self.x2, V.to(self.dtype)).to(V.dtype)
 
     def _row_tiles(self):
         """Yield ``(i0, i1, K[i0:i1])`` over all row tiles, one pass.
@@ -364,17 +365,10 @@ class KernelOperator:
         products while it is in cache (float64 accumulation for a float64 V); available for the
         kernels the ops implement, on the devices they run on.
         """
-        if not self.fused or not _op_kernel(self.kernel) or self.square:
+        if not self.fused or self.square:
             return None
-        if self.kernel.name not in ops.KERNEL_NAMES:
-            return None
-        params = self.kernel.op_params(self.x1.shape[1])
-        name, x2 = self.kernel.name, self.x2
-
-        def f(rows: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-            return torch.ops.fastkernels.kernel_normal_mv(rows, x2, V, name, params)
-
-        return f
+        normal_mv, x2 = getattr(self.product, "normal_mv", None), self.x2
+        return None if normal_mv is None else (lambda rows, V: normal_mv(rows, x2, V))
 
     def normal_mv(self, V: torch.Tensor) -> torch.Tensor:
         """K^T (K V) for V (M, T) in one pass over the rows; result (M, T) in V's dtype.
@@ -441,7 +435,7 @@ class KernelOperator:
         ):
             # K^T V = K(x2, x1) V: one memory-free pass of the kernel_mv op (float64 throughout)
             # rather than Gram tiles of the same size.
-            return self.kernel.mv(self.x2, self.x1, V.to(self.dtype)).to(V.dtype)
+            return self.product(self.x2, self.x1, V.to(self.dtype)).to(V.dtype)
         Vc = V if exact64 else _pad_columns(V.to(self.dtype))
         out = torch.zeros((self.shape[1], t), dtype=V.dtype, device=V.device)
         for i0, i1, blk in self._row_tiles():
@@ -459,7 +453,7 @@ class KernelOperator:
                 # memory (a column gather of a large row-major matrix is strided).
                 return self.K[idx].mT
             return self.K[:, idx]
-        out = self.kernel(self.x1, self.x2[idx]).to(self.dtype)
+        out = self._gram(self.x1, self.x2[idx]).to(self.dtype)
         if self.square:
             # Restore exact self-pairs (x1[idx[j]] against itself) lost by indexing.
             d = self.diag()
@@ -476,7 +470,7 @@ class KernelOperator:
             return self._diag
         m = min(self.shape)
         return torch.stack(
-            [self.kernel(self.x1[i : i + 1], self.x2[i : i + 1])[0, 0] for i in range(m)]
+            [self._gram(self.x1[i : i + 1], self.x2[i : i + 1])[0, 0] for i in range(m)]
         )
 
 
@@ -486,9 +480,10 @@ def _op_kernel(kernel) -> bool:
 
     Solvers sit below kernels, so they recognise such kernels by what they offer, not by class.
     """
-    return callable(getattr(kernel, "op_params", None)) and getattr(
-        kernel, "name", None
-    ) in ops.KERNEL_NAMES
+    return (
+        callable(getattr(kernel, "op_params", None))
+        and getattr(kernel, "name", None) in ops.KERNEL_NAMES
+    )
 
 
 def min_tile_bytes(n: int, m: int, itemsize: int) -> int:
@@ -500,29 +495,31 @@ def min_tile_bytes(n: int, m: int, itemsize: int) -> int:
 def _fast_gram(kernel, device) -> bool:
     """Whether ``kernel(x, x)`` runs a compiled Gram (C++ on CPU, Triton on CUDA) for inputs
     on ``device``, which holds no temporaries beyond its result."""
-    if not _op_kernel(kernel) or kernel.name not in ops.CPP_KERNELS:
+    if not _op_kernel(kernel):
         return False
     return (device.type == "cpu" and ops.HAS_CPP) or (device.type == "cuda" and ops.HAS_TRITON)
 
 
-def _check_backend(backend, kernel, cache: str, where: str) -> str:
-    """Validate ``backend`` against the kernel and cache before any work (fail fast)."""
+def _bind_product(kernel, backend, cache: str, dim: int, where: str):
+    """``product(x1, x2, V)`` for :meth:`KernelOperator.matvec`, validated before any work.
+
+    Op kernels: :func:`fastkernels.ops.kernel_product` (the backend chosen there, once; it also
+    gives the Gram tiles and the fused normal product); other kernels: their own ``mv``.
+    """
+    if _op_kernel(kernel):
+        if backend == "keops" and cache == "dense":
+            raise ValueError(
+                f"{where}: backend='keops' computes every product memory-free and cannot be "
+                "combined with cache='dense'; use cache='auto' or 'none'"
+            )
+        return ops.kernel_product(kernel.name, kernel.op_params(dim), backend, where=where)
     ops.check_backend(backend, where)
-    if backend != "keops":
-        return backend
-    if cache == "dense":
-        raise ValueError(
-            f"{where}: backend='keops' computes every product memory-free and cannot be "
-            "combined with cache='dense'; use cache='auto' or 'none'"
-        )
-    if not _op_kernel(kernel):
+    if backend == "keops":
         raise ValueError(
             f"{where}: backend='keops' needs a fastkernels.kernels.Kernel of one of "
             f"{ops.KEOPS_KERNELS}, got {type(kernel).__name__}"
         )
-    ops.check_keops_expressible(kernel.name, where)
-    ops.require_keops()  # ImportError now, not at the first product of a solve
-    return backend
+    return lambda x1, x2, V: kernel.mv(x1, x2, V)
 
 
 def _pad_columns(V: torch.Tensor, multiple: int = 16) -> torch.Tensor:
