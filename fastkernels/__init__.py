@@ -8,11 +8,12 @@ __version__ = "0.1.0"
 
 from . import concepts  # noqa: E402
 from .concepts import ParityConcept, make_concept  # noqa: E402
-from .learners import make_learner  # noqa: E402
 
 
 def __getattr__(name):
-    if name in ("ResNetRegressor", "KernelRidge", "NTKRegressor"):
+    # The estimators on first use: they import scikit-learn (slow to import), which
+    # `import fastkernels` for the targets or the ops does not need.
+    if name in ("ResNetRegressor", "KernelRidge", "NTKRegressor", "make_learner"):
         from . import learners
 
         return getattr(learners, name)

@@ -3,7 +3,9 @@
 ``formulas`` (:mod:`fastkernels.ops.formulas`, the ground floor the ops compute from) holds the
 readable torch reference of every kernel (``f(x1, x2, **params)`` -> (N, M) Gram), including
 the analytic infinite-width NNGP / NTK of the paper's ReLU networks; ``base`` wraps them as
-validated :class:`Kernel` objects with ``__call__``, ``diag`` and a memory-free ``mv``.
+validated :class:`Kernel` objects with ``__call__``, ``diag`` and a memory-free ``mv``, which
+add, multiply and scale (``RBF(0.5) + 0.1 * Linear()``: :class:`Sum`, :class:`Product`,
+:class:`Scaled`) and take 0-d tensors as hyperparameters, differentiably.
 :func:`make_kernel` builds one from its registry name, e.g. from a sweep file.
 """
 
@@ -12,7 +14,20 @@ from __future__ import annotations
 import inspect
 
 from ..ops import formulas
-from .base import NNGP, NTK, RBF, ArcCosine, Kernel, Laplace, Linear, Matern, Polynomial
+from .base import (
+    NNGP,
+    NTK,
+    RBF,
+    ArcCosine,
+    Kernel,
+    Laplace,
+    Linear,
+    Matern,
+    Polynomial,
+    Product,
+    Scaled,
+    Sum,
+)
 
 KERNELS: dict[str, type[Kernel]] = {
     cls.name: cls for cls in (RBF, Laplace, Matern, Polynomial, Linear, ArcCosine, NNGP, NTK)
@@ -72,6 +87,9 @@ __all__ = [
     "ArcCosine",
     "NNGP",
     "NTK",
+    "Sum",
+    "Product",
+    "Scaled",
     "KERNELS",
     "kernel_params",
     "make_kernel",

@@ -22,6 +22,10 @@ from ..ops import formulas as F
 
 __all__ = [
     "Kernel",
+    "Sum",
+    "Product",
+    "Scaled",
+    "check_scalar",
     "RBF",
     "Laplace",
     "Matern",
@@ -33,6 +37,9 @@ __all__ = [
 ]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+# Entries of one row block of a Gram formed in Python (tensor hyperparameters, products of
+# kernels): 4 Mi entries, 32 MiB in float64.
+_BLOCK_ENTRIES = 1 << 22
 
 
 class Kernel:
@@ -100,8 +107,10 @@ class Kernel:
         x1, x2 = self._check_inputs(x1, x2, where=f"{type(self).__name__}")
         # The same tensor twice marks the diagonal as self-pairs (exact k(0)).
         offset = 0 if x1 is x2 else None
-        params = self.op_params(x1.shape[1])  # first: it imports (registers) the ops
-        return torch.ops.fastkernels.gram(x1, x2, self.name, params, offset)
+        d = x1.shape[1]
+        if self._learnable():
+            return F.FORMULAS[self.name](x1, x2, diag_offset=offset, **self._formula_params(d))
+        return torch.ops.fastkernels.gram(x1, x2, self.name, self.op_params(d), offset)
 
     def diag(self, x) -> Tensor:
         """The diagonal ``k(x_i, x_i)`` without forming the Gram.
@@ -155,22 +164,50 @@ class Kernel:
             block_size = n
         else:
             block_size = check_positive_int(block_size, name="block_size", where=where)
-        product = ops.kernel_product(self.name, self.op_params(x1.shape[1]), backend, where=where)
+        if self._learnable():
+            # Tensor hyperparameters: the torch formula, differentiable in them, by row blocks.
+            kw = self._formula_params(x1.shape[1])
+            block_size = min(block_size, max(1, _BLOCK_ENTRIES // x2.shape[0]))
+
+            def product(a, b, w, offset=None):
+                return F.FORMULAS[self.name](a, b, diag_offset=offset, **kw) @ w
+        else:
+            params = self.op_params(x1.shape[1])
+            product = ops.kernel_product(self.name, params, backend, where=where)
         vv = v[:, None] if v.dim() == 1 else v
         same = x1 is x2
         if block_size >= n:
             out = product(x1, x2, vv)
         else:
-            out = torch.empty((n, vv.shape[1]), dtype=x1.dtype, device=x1.device)
-            for i0 in range(0, n, block_size):
-                i1 = min(n, i0 + block_size)
-                # A row block of x2 itself: its self-pairs sit on the diagonal shifted by i0.
-                out[i0:i1] = product(x1[i0:i1], x2, vv, i0 if same else None)
+            # A row block of x2 itself: its self-pairs sit on the diagonal shifted by i0.
+            out = torch.cat(
+                [
+                    product(x1[i0 : i0 + block_size], x2, vv, i0 if same else None)
+                    for i0 in range(0, n, block_size)
+                ]
+            )
         return out[:, 0] if v.dim() == 1 else out
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+    # -- algebra --------------------------------------------------------------------------------
+    def __add__(self, other) -> Kernel:
+        if not isinstance(other, Kernel):
+            return NotImplemented
+        return Sum(self, other)
+
+    def __mul__(self, other) -> Kernel:
+        if isinstance(other, Kernel):
+            return Product(self, other)
+        return Scaled(other, self)
+
+    __rmul__ = __mul__
+
+    def _learnable(self) -> bool:
+        """Whether a hyperparameter is a tensor (evaluated by the formulas, differentiably)."""
+        return any(isinstance(p, Tensor) for p in self.params().values())
 
     def __eq__(self, other) -> bool:
         return type(self) is type(other) and self.params() == other.params()
@@ -215,7 +252,11 @@ def _check_tensor(a, *, name: str, where: str, ndim: tuple[int, ...]) -> Tensor:
 
 
 def _check_finite(a: Tensor, name: str, where: str) -> None:
-    # NaN / inf would silently poison every entry of a Gram row and any solve built on it.
+    # NaN / inf would silently poison every entry of a Gram row and any solve built on it. A
+    # compiled graph skips this data-dependent check (it would break the graph): the ops check
+    # their inputs themselves when the graph runs; the formulas of tensor hyperparameters do not.
+    if torch.compiler.is_compiling():
+        return
     if not bool(torch.isfinite(a).all()):
         raise ValueError(f"{where}: {name} must be finite, but contains NaN or inf")
 
@@ -231,10 +272,24 @@ def _check_same_kind(a: Tensor, b: Tensor, na: str, nb: str, where: str) -> None
         )
 
 
+def check_scalar(value, *, name: str, where: str):
+    """A finite number > 0 as a float, or a 0-d floating tensor > 0 kept as it is (a learnable
+    hyperparameter, which may require grad)."""
+    if isinstance(value, Tensor):
+        if value.dim() != 0 or value.dtype not in _FLOAT_DTYPES:
+            raise ValueError(
+                f"{where}: {name} as a tensor must be a 0-d float32 or float64 tensor, got "
+                f"shape {tuple(value.shape)} and {value.dtype}"
+            )
+        check_positive_float(float(value.detach()), name=name, where=where)
+        return value
+    return check_positive_float(value, name=name, where=where)
+
+
 def _check_gamma(gamma, where: str, *, allow_none: bool) -> float | None:
     if gamma is None and allow_none:
         return None
-    return check_positive_float(gamma, name="gamma", where=where)
+    return check_scalar(gamma, name="gamma", where=where)
 
 
 class _BandwidthKernel(Kernel):
@@ -433,3 +488,127 @@ class NTK(Kernel):
 
     def params(self) -> dict:
         return {"arch": self.arch, "depth": self.depth, "trainable": self.trainable}
+
+
+# -- sums, products and scalings of kernels ------------------------------------------------------
+
+
+class _Pair(Kernel):
+    """Two kernels combined entrywise (``k1 + k2``, ``k1 * k2``); each part is computed by its
+    own op calls, so the solvers take a combination like any other kernel."""
+
+    bandwidth_param = None
+
+    def __init__(self, k1: Kernel, k2: Kernel):
+        for name, k in (("k1", k1), ("k2", k2)):
+            if not isinstance(k, Kernel):
+                raise TypeError(
+                    f"{type(self).__name__}: {name} must be a fastkernels Kernel, "
+                    f"got {type(k).__name__}"
+                )
+        self.k1, self.k2 = k1, k2
+
+    def params(self) -> dict:
+        return {"k1": self.k1, "k2": self.k2}
+
+    def _learnable(self) -> bool:
+        return self.k1._learnable() or self.k2._learnable()
+
+    def __call__(self, x1, x2=None) -> Tensor:
+        x1, x2 = self._check_inputs(x1, x2, where=type(self).__name__)
+        return self._combine(self.k1(x1, x2), self.k2(x1, x2))
+
+    def diag(self, x) -> Tensor:
+        return self._combine(self.k1.diag(x), self.k2.diag(x))
+
+    def __repr__(self) -> str:
+        return f"({self.k1!r} {self._symbol} {self.k2!r})"
+
+
+class Sum(_Pair):
+    """``k1(x, y) + k2(x, y)``; ``mv`` adds the parts' memory-free products."""
+
+    name, _symbol = "sum", "+"
+
+    @staticmethod
+    def _combine(a: Tensor, b: Tensor) -> Tensor:
+        return a + b
+
+    def mv(self, x1, x2, v, block_size: int | None = None, backend: str = "auto") -> Tensor:
+        out = self.k1.mv(x1, x2, v, block_size, backend)
+        return out + self.k2.mv(x1, x2, v, block_size, backend)
+
+
+class Product(_Pair):
+    """``k1(x, y) * k2(x, y)`` (positive semi-definite by the Schur product theorem); ``mv``
+    forms row blocks of both Grams, a Hadamard product not splitting over the parts."""
+
+    name, _symbol = "product", "*"
+
+    @staticmethod
+    def _combine(a: Tensor, b: Tensor) -> Tensor:
+        return a * b
+
+    def mv(self, x1, x2, v, block_size: int | None = None, backend: str = "auto") -> Tensor:
+        where = "Product.mv"
+        ops.check_backend(backend, where)
+        if backend == "keops":
+            raise ValueError(f"{where}: backend='keops' does not compute products of kernels")
+        x1, x2 = self._check_inputs(x1, x2, where=where)
+        v = _check_tensor(v, name="v", where=where, ndim=(1, 2))
+        if v.shape[0] != x2.shape[0]:
+            raise ValueError(
+                f"{where}: v must have {x2.shape[0]} rows (one per row of x2), "
+                f"got shape {tuple(v.shape)}"
+            )
+        rows = block_size or max(1, _BLOCK_ENTRIES // x2.shape[0])
+        vv = v[:, None] if v.dim() == 1 else v
+        if x1 is x2 and rows >= x1.shape[0]:
+            out = self(x1, x1) @ vv
+        else:
+            blocks = []
+            for i0 in range(0, x1.shape[0], rows):
+                xi = x1[i0 : i0 + rows]
+                blk = self(xi, x2)
+                if x1 is x2:
+                    # The block's self-pairs sit on a shifted diagonal that a Gram of two
+                    # different tensors cannot see: they come from the parts' exact diagonals.
+                    idx = torch.arange(xi.shape[0], device=blk.device)
+                    blk[idx, idx + i0] = self.diag(xi)
+                blocks.append(blk @ vv)
+            out = torch.cat(blocks)
+        return out[:, 0] if v.dim() == 1 else out
+
+
+class Scaled(Kernel):
+    """``c * k(x, y)`` for a constant ``c > 0``: a float, or a 0-d tensor that may require grad.
+
+    One evaluation of ``k`` (one op call for a registry kernel) and one multiplication.
+    """
+
+    name = "scaled"
+    bandwidth_param = None
+
+    def __init__(self, c, k: Kernel):
+        if not isinstance(k, Kernel):
+            raise TypeError(f"Scaled: k must be a fastkernels Kernel, got {type(k).__name__}")
+        self.c = check_scalar(c, name="c", where="Scaled")
+        self.k = k
+
+    def params(self) -> dict:
+        return {"c": self.c, "k": self.k}
+
+    def _learnable(self) -> bool:
+        return isinstance(self.c, Tensor) or self.k._learnable()
+
+    def __call__(self, x1, x2=None) -> Tensor:
+        return self.c * self.k(x1, x2)
+
+    def diag(self, x) -> Tensor:
+        return self.c * self.k.diag(x)
+
+    def mv(self, x1, x2, v, block_size: int | None = None, backend: str = "auto") -> Tensor:
+        return self.c * self.k.mv(x1, x2, v, block_size, backend)
+
+    def __repr__(self) -> str:
+        return f"{self.c!r} * {self.k!r}"
