@@ -31,6 +31,9 @@ __all__ = [
 # Learner parameters that cannot change a result (what is printed while fitting): they are not
 # part of a trial's configuration, so adding ``verbose = false`` to a sweep reruns nothing.
 NON_RESULT_PARAMS = ("verbose", "progress")
+# Parameters a sweep file cannot set (Python objects), left out at their default None so that the
+# configurations stored before they existed keep their keys.
+_OBJECT_PARAMS = ("model",)
 
 
 def canonical_json(obj) -> str:
@@ -81,6 +84,7 @@ def resolved_params(type_name: str, params: dict) -> dict:
         }
         full.update(params)
     skip = {"random_state", "device", *NON_RESULT_PARAMS}
+    skip.update(k for k in _OBJECT_PARAMS if full.get(k) is None)
     return {k: _plain(v) for k, v in sorted(full.items()) if k not in skip}
 
 

@@ -1,8 +1,12 @@
 """scikit-learn style estimators: networks trained by SGD and kernel ridge baselines.
 
-Every estimator follows scikit-learn's conventions: ``__init__`` only stores its arguments,
-``fit(X, Y)`` returns ``self``, fitted state ends in ``_``, ``predict(X)`` returns an (n, k) tensor
-and ``score(X, Y)`` is the coefficient of determination R^2. ``hparams_`` holds the
+Every estimator is a scikit-learn estimator (:class:`sklearn.base.BaseEstimator`,
+:class:`sklearn.base.RegressorMixin`): ``__init__`` only stores its arguments, ``fit(X, Y)``
+returns ``self``, fitted state ends in ``_``, ``predict(X)`` returns an (n, k) array, or (n,) after
+a fit on 1-D Y (a NumPy array for NumPy, list or DataFrame input, a tensor for tensor input),
+``predict`` before ``fit`` raises :class:`sklearn.exceptions.NotFittedError` and ``score(X, y)``
+is the coefficient of determination R^2. ``n_iter_`` counts the final fit's solver
+iterations (kernel learners, 0 for a direct solve) or SGD epochs (networks). ``hparams_`` holds the
 hyperparameters chosen during ``fit`` (JSON-serialisable), which sweeps record, with the fit's
 own status: ``hparams_["grid_edge"]`` lists searched hyperparameters that landed on an edge of
 their grid (also warned as :class:`GridEdgeWarning`) and a network whose training diverged

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import inspect
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.metrics import r2_score
+from sklearn.utils import check_array
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._validation import as_float_tensor, check_xy
+from .._validation import as_float_tensor
 
 
 class GridEdgeWarning(UserWarning):
@@ -82,74 +86,131 @@ def squared_error(pred: torch.Tensor, Y: torch.Tensor) -> float:
     return float(diff.pow(2).sum(dim=1).mean())
 
 
-def validation_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def validation_split(
+    n: int, fraction: float, seed: int, where: str = "validation_split"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random (train, validation) index split of ``range(n)``; validation gets ``fraction``.
 
-    At least one sample lands on each side; raises if ``n < 2``.
+    At least one sample lands on each side; raises ValueError (prefixed by ``where``) if
+    ``n < 2``.
     """
     if not 0 < fraction < 1:
-        raise ValueError(f"validation_fraction must be in (0, 1), got {fraction}")
+        raise ValueError(f"{where}: validation_fraction must be in (0, 1), got {fraction}")
     if n < 2:
-        raise ValueError(f"a validation split needs at least 2 samples, got {n}")
+        raise ValueError(
+            f"{where}: choosing hyperparameters on a validation split needs at least 2 "
+            f"samples, got n_samples = {n}; fix the hyperparameters (no search) to fit on fewer"
+        )
     g = torch.Generator().manual_seed(int(seed) + 7_777)
     perm = torch.randperm(n, generator=g)
     n_val = min(n - 1, max(1, round(fraction * n)))
     return perm[n_val:], perm[:n_val]
 
 
-class BaseRegressor:
-    """scikit-learn style parameter handling and scoring for fastkernels estimators."""
+class BaseRegressor(RegressorMixin, BaseEstimator):
+    """scikit-learn estimator machinery shared by the fastkernels regressors.
 
-    def get_params(self, deep: bool = True) -> dict:
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {name: getattr(self, name) for name in names}
+    Derives from :class:`sklearn.base.RegressorMixin` and :class:`sklearn.base.BaseEstimator`
+    (``get_params``, ``set_params``, ``clone``, the repr and the estimator tags come from
+    there), so the estimators work in :class:`~sklearn.pipeline.Pipeline`,
+    :class:`~sklearn.model_selection.GridSearchCV`, ``cross_val_score`` and pass
+    :func:`~sklearn.utils.estimator_checks.check_estimator`.
 
-    def set_params(self, **params) -> BaseRegressor:
-        valid = self.get_params()
-        for key, value in params.items():
-            if key not in valid:
-                raise ValueError(
-                    f"{type(self).__name__}.set_params: unknown parameter {key!r}; "
-                    f"accepted: {sorted(valid)}"
-                )
-            setattr(self, key, value)
-        return self
+    Input goes through :func:`sklearn.utils.validation.validate_data` (NumPy arrays, lists,
+    DataFrames: ``check_array`` semantics and messages, prefixed with the caller) or, for
+    ``torch.Tensor`` input, through the library's own tensor checks (the tensor stays on its
+    device). ``predict`` returns a NumPy array for any input that is not a tensor and a tensor
+    for tensor input.
+    """
 
-    def __repr__(self) -> str:
-        init = inspect.signature(type(self).__init__).parameters
-        changed = [
-            f"{k}={v!r}"
-            for k, v in self.get_params().items()
-            if init[k].default is inspect.Parameter.empty or v != init[k].default
-        ]
-        return f"{type(self).__name__}({', '.join(changed)})"
+    # The fitted attribute whose presence means "fitted" (set last by fit).
+    _fitted_attribute = "n_features_in_"
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.single_output = True
+        tags.target_tags.multi_output = True  # Y of shape (N, k) fits the k outputs at once
+        tags.input_tags.allow_nan = False
+        return tags
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, self._fitted_attribute)
 
     # -- input handling -----------------------------------------------------------------------
-    def _check_fit_input(self, X, Y, *, dtype=None, device=None):
+    def _check_fit_input(self, X, Y, *, dtype, device=None):
+        """Validated training pair: X (N, D) and Y (N, k) tensors of ``dtype`` on ``device``.
+
+        Sets ``n_features_in_`` (and ``feature_names_in_`` for a DataFrame with string column
+        names), ``n_outputs_`` and whether Y was 1-D (predictions then are too).
+        """
         where = f"{type(self).__name__}.fit"
-        X_t, Y_t = check_xy(X, Y, where=where, dtype=dtype, device=device)
-        self.n_features_in_ = X_t.shape[1]
+        if Y is None:
+            raise ValueError(
+                f"{where}: this estimator requires y to be passed, but the target y is None "
+                "(pass Y of shape (N,) or (N, k))"
+            )
+        X_t = self._validate_X(X, where=where, reset=True, dtype=dtype, device=device)
+        Y_t = self._validate_Y(Y, where=where, dtype=X_t.dtype, device=X_t.device)
+        y_1d = Y_t.dim() == 1
+        Y_t = Y_t[:, None] if y_1d else Y_t
+        if Y_t.shape[0] != X_t.shape[0]:
+            raise ValueError(
+                f"{where}: X and Y must have the same number of rows, got {X_t.shape[0]} "
+                f"and {Y_t.shape[0]}"
+            )
         self.n_outputs_ = Y_t.shape[1]
-        self._y_1d_ = np.ndim(Y) == 1 if not isinstance(Y, torch.Tensor) else Y.dim() == 1
-        self._numpy_io_ = not isinstance(X, torch.Tensor)
+        self._y_1d_ = y_1d
         return X_t, Y_t
 
-    def _check_is_fitted(self, where: str):
-        if not hasattr(self, "n_features_in_"):
-            raise RuntimeError(
-                f"{type(self).__name__}.{where}: this estimator is not fitted yet; call fit first"
-            )
+    def _validate_X(self, X, *, where: str, reset: bool, dtype, device=None) -> torch.Tensor:
+        """X as an (n, D) tensor of ``dtype`` on ``device``.
 
-    def _check_predict_input(self, X, *, dtype=None, device=None) -> torch.Tensor:
+        ``reset=True`` (fit) records ``n_features_in_`` (and ``feature_names_in_``); otherwise
+        (predict) X must have the fitted number of features.
+        """
+        if isinstance(X, torch.Tensor):
+            X_t = _check_tensor(X, name="X", where=where, ndim=(2,), dtype=dtype, device=device)
+            # The values are checked: only the feature count (and names) here.
+            _call_validation(
+                validate_data, "X", where, self, X_t, reset=reset, skip_check_array=True
+            )
+            return X_t
+        _check_numeric_container(X, name="X", where=where)
+        arr = _call_validation(
+            validate_data, "X", where, self, X, reset=reset, **_CHECK_ARRAY, ensure_2d=True
+        )
+        return _numpy_to_tensor(arr, dtype=dtype, device=device)
+
+    def _validate_Y(self, Y, *, where: str, dtype, device=None) -> torch.Tensor:
+        """Y as an (N,) or (N, k) tensor of ``dtype`` on ``device``."""
+        if isinstance(Y, torch.Tensor):
+            return _check_tensor(Y, name="Y", where=where, ndim=(1, 2), dtype=dtype, device=device)
+        _check_numeric_container(Y, name="Y", where=where)
+        # check_array rejects more than 2 dimensions (allow_nd=False).
+        arr = _call_validation(
+            check_array,
+            "Y",
+            where,
+            Y,
+            **_CHECK_ARRAY,
+            ensure_2d=False,
+            input_name="Y",
+            estimator=self,
+        )
+        return _numpy_to_tensor(arr, dtype=dtype, device=device)
+
+    def _check_is_fitted(self, where: str) -> None:
+        """Raise :class:`sklearn.exceptions.NotFittedError` unless ``fit`` has completed."""
+        check_is_fitted(
+            self,
+            msg=f"{type(self).__name__}.{where}: this estimator is not fitted yet; call fit "
+            "with appropriate arguments first",
+        )
+
+    def _check_predict_input(self, X, *, dtype, device=None) -> torch.Tensor:
         self._check_is_fitted("predict")
         where = f"{type(self).__name__}.predict"
-        X_t = as_float_tensor(X, name="X", where=where, ndim=2, dtype=dtype, device=device)
-        if X_t.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"{where}: X has {X_t.shape[1]} features, but this estimator was fitted with "
-                f"{self.n_features_in_}"
-            )
-        return X_t
+        return self._validate_X(X, where=where, reset=False, dtype=dtype, device=device)
 
     def _format_output(self, pred: torch.Tensor, X):
         if self._y_1d_:
@@ -160,30 +221,109 @@ class BaseRegressor:
 
     # -- scores -------------------------------------------------------------------------------
     def _prediction_and_target(self, X, Y, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions for X and the target Y, both (n, k) float64 CPU tensors."""
         pred = torch.as_tensor(self.predict(X)).detach().to("cpu", torch.float64)
         pred = pred[:, None] if pred.dim() == 1 else pred
-        Y_t = as_float_tensor(
-            Y, name="Y", where=f"{type(self).__name__}.{where}", ndim=(1, 2), dtype=torch.float64
-        ).cpu()
+        caller = f"{type(self).__name__}.{where}"
+        Y_t = self._validate_Y(Y, where=caller, dtype=torch.float64, device="cpu")
         Y_t = Y_t[:, None] if Y_t.dim() == 1 else Y_t
         if Y_t.shape != pred.shape:
             raise ValueError(
-                f"{type(self).__name__}.{where}: Y must have shape {tuple(pred.shape)} "
+                f"{caller}: Y must have shape {tuple(pred.shape)} "
                 f"(or ({pred.shape[0]},) for one output), got {tuple(Y_t.shape)}"
             )
         return pred, Y_t
 
-    def score(self, X, Y) -> float:
-        """Coefficient of determination R^2, averaged uniformly over outputs (as scikit-learn)."""
-        pred, Y_t = self._prediction_and_target(X, Y, "score")
-        ss_res = (Y_t - pred).pow(2).sum(dim=0)
-        ss_tot = (Y_t - Y_t.mean(dim=0)).pow(2).sum(dim=0)
-        r2 = torch.where(
-            ss_tot > 0, 1 - ss_res / ss_tot.clamp_min(1e-300), torch.zeros_like(ss_res)
-        )
-        return float(r2.mean())
+    def score(self, X, y, sample_weight=None) -> float:
+        """Coefficient of determination R^2 of ``predict(X)``, as scikit-learn computes it.
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor, shape (n, D)
+        y : array-like or torch.Tensor, shape (n,) or (n, k)
+            The target (named ``y`` as scikit-learn's scorers pass it).
+        sample_weight : array-like of shape (n,), optional
+
+        Returns
+        -------
+        float
+            :func:`sklearn.metrics.r2_score`, averaged uniformly over the k outputs.
+        """
+        pred, Y_t = self._prediction_and_target(X, y, "score")
+        if isinstance(sample_weight, torch.Tensor):
+            sample_weight = sample_weight.detach().cpu().numpy()
+        return float(r2_score(Y_t.numpy(), pred.numpy(), sample_weight=sample_weight))
 
     def test_error(self, X, Y) -> float:
-        """The paper's error: mean over samples of the squared error summed over outputs."""
+        """The paper's error: mean over samples of the squared error summed over outputs.
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor, shape (n, D)
+        Y : array-like or torch.Tensor, shape (n,) or (n, k)
+
+        Returns
+        -------
+        float
+        """
         pred, Y_t = self._prediction_and_target(X, Y, "test_error")
         return squared_error(pred, Y_t)
+
+
+# check_array arguments of every X and Y: dense, float32/float64 kept (anything else -> float64,
+# which the estimator's dtype then decides), finite, at least one sample and one feature.
+_CHECK_ARRAY = dict(
+    accept_sparse=False,
+    dtype=(np.float64, np.float32),
+    ensure_all_finite=True,
+    ensure_min_samples=1,
+    ensure_min_features=1,
+)
+
+
+def _call_validation(fn, name: str, where: str, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with its ValueError / TypeError prefixed by the caller (and by
+    ``name`` when scikit-learn's message does not say which argument it is about)."""
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, TypeError) as exc:
+        msg = str(exc)
+        if not re.search(rf"\b{name}\b", msg):
+            msg = f"{name}: {msg}"
+        raise type(exc)(f"{where}: {msg}") from None
+
+
+def _check_numeric_container(a, *, name: str, where: str) -> None:
+    """Reject what ``check_array`` would silently convert or misreport: booleans, strings and
+    object arrays holding non-numbers (all TypeError, as for tensors)."""
+    dtype = getattr(a, "dtype", None)
+    if not isinstance(dtype, np.dtype):
+        return
+    if dtype.kind in "bUSV":
+        raise TypeError(f"{where}: {name} must hold real numbers, got dtype {dtype}")
+    if dtype.kind == "O":
+        try:
+            np.asarray(a, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"{where}: {name} must hold real numbers; its object array does not convert "
+                f"to float: {exc}"
+            ) from None
+
+
+def _check_tensor(t: torch.Tensor, *, name: str, where: str, ndim, dtype, device) -> torch.Tensor:
+    """The library's tensor checks (rank, emptiness, finiteness, dtype) plus sparse and complex
+    tensors, rejected as ``check_array`` rejects sparse and complex arrays."""
+    if t.layout != torch.strided:
+        raise TypeError(
+            f"{where}: {name} is a sparse tensor ({t.layout}), but dense data is required; "
+            "use .to_dense()"
+        )
+    if t.is_complex():
+        raise ValueError(f"{where}: {name}: Complex data not supported; pass real values")
+    return as_float_tensor(t, name=name, where=where, ndim=ndim, dtype=dtype, device=device)
+
+
+def _numpy_to_tensor(arr: np.ndarray, *, dtype, device) -> torch.Tensor:
+    # A read-only array (a memmap) is copied: torch tensors are always writable.
+    return torch.from_numpy(np.require(arr, requirements=("C", "W"))).to(dtype=dtype, device=device)

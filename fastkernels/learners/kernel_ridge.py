@@ -200,8 +200,8 @@ class KernelRidge(BaseRegressor):
         Candidate relative ridges and bandwidth multipliers for the validation search.
     validation_fraction : float, default 0.2
         Share of the training set held out to choose hyperparameters.
-    dtype : torch.dtype, default torch.float64
-        Dtype of the Gram matrix and the solve.
+    dtype : {"float64", "float32"} or torch.dtype, default "float64"
+        Dtype of the Gram matrix and the solve (a string or the torch dtype).
     device : str or torch.device, optional
         Where to compute (default: the device of X).
     random_state : int, default 0
@@ -226,7 +226,8 @@ class KernelRidge(BaseRegressor):
         True relative residual at which the iterative solvers stop (None: 1e-4).
     max_iter : int or None, default None
         Iteration cap of the iterative solvers (None: 1000 for CG, 200 for Nystrom). Stopping
-        unconverged warns with a ConvergenceWarning (a RuntimeWarning).
+        unconverged warns with a :class:`fastkernels.solvers.ConvergenceWarning`, a subclass of
+        :class:`sklearn.exceptions.ConvergenceWarning` (and of RuntimeWarning).
     compute_dtype : {"auto", "float32", "float64"}, default "auto"
         Dtype of the kernel evaluations inside the iterative solvers. Their recurrences, the
         preconditioners' small factors and the products' accumulation run in float64 whatever
@@ -245,9 +246,9 @@ class KernelRidge(BaseRegressor):
         a learning curve) and the kernel is unchanged, start the iterative solver from the
         previous solution (padded with zeros for CG; same centres and coefficients for
         Nystrom, the prefix being an i.i.d. sample too).
-    verbose : bool, default True
+    verbose : bool, default False
         A tqdm bar per iterative solve (iteration, residual, ETA) and a line naming the solver
-        ``"auto"`` picked; False silences both (never the non-convergence warning).
+        ``"auto"`` picked (on stderr); False silences both (never the non-convergence warning).
     backend : {"auto", "fastkernels", "keops"}, default "auto"
         How the CG products K @ V are computed. ``"keops"`` (needs pykeops, the ``keops``
         extra; rbf, laplace, matern, polynomial, linear, arccos) runs them as KeOps reductions,
@@ -283,7 +284,24 @@ class KernelRidge(BaseRegressor):
         ``time_s``, ``reason`` (why this solver), ``extra``.
     validation_errors_ : list of dict
         Every candidate tried with its validation error.
+    n_iter_ : int
+        Iterations of the final solve (``solver_info_["iterations"]``): CG or FALKON
+        iterations, float64 continuation included; 0 for a direct (Cholesky) solve.
+    n_features_in_ : int
+        Number of features seen by ``fit``.
+    feature_names_in_ : ndarray of str
+        Column names of X, when ``fit`` got a DataFrame with string column names.
+    n_outputs_ : int
+        Number of outputs k.
+
+    Notes
+    -----
+    X and Y may be NumPy arrays, lists, DataFrames (validated as scikit-learn's
+    ``check_array`` does) or torch tensors (kept on their device). ``predict`` returns a NumPy
+    array for input that is not a tensor and a tensor for tensor input.
     """
+
+    _fitted_attribute = "dual_coef_"
 
     def __init__(
         self,
@@ -293,7 +311,7 @@ class KernelRidge(BaseRegressor):
         ridge_grid: Sequence[float] = DEFAULT_RIDGE_GRID,
         bandwidth_grid: Sequence[float] = DEFAULT_BANDWIDTH_GRID,
         validation_fraction: float = 0.2,
-        dtype=torch.float64,
+        dtype="float64",
         device=None,
         random_state: int = 0,
         solver: str = "auto",
@@ -304,7 +322,7 @@ class KernelRidge(BaseRegressor):
         compute_dtype="auto",
         search_size: int = 4000,
         warm_start: bool = False,
-        verbose: bool = True,
+        verbose: bool = False,
         backend: str = "auto",
     ):
         self.kernel = kernel
@@ -479,14 +497,27 @@ class KernelRidge(BaseRegressor):
         return {"solver": solver, "reason": reason, "compute_dtype": cdtype, "n_centers": m}
 
     def fit(self, X, Y) -> KernelRidge:
-        """Fit on X (N, D) and Y (N,) or (N, k); returns self.
+        """Fit on X (N, D) and Y (N,) or (N, k).
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor, shape (N, D)
+        Y : array-like or torch.Tensor, shape (N,) or (N, k)
+
+        Returns
+        -------
+        KernelRidge
+            self, fitted.
 
         Raises
         ------
         ValueError
-            Bad parameters or input (NaN/inf in X or Y, ...), ``n_centers`` > N, or a
+            Bad parameters or input (NaN/inf in X or Y, Y None, complex or empty data, a
+            hyperparameter search on a single sample, ...), ``n_centers`` > N, or a
             ``memory_budget`` the solver cannot honour: all before any kernel is evaluated
             (see :meth:`check_fit_plan`).
+        TypeError
+            Sparse, boolean or non-numeric X or Y.
         torch.linalg.LinAlgError
             Cholesky with ridge = 0 on a kernel that is not strictly positive definite, even
             after the jitter retries (a warning names the jitter when a retry succeeds).
@@ -541,6 +572,7 @@ class KernelRidge(BaseRegressor):
             self.dual_coef_, info = self._fit_nystrom(kernel, X, Y, ridge, budget, cdtype, previous)
         self.kernel_, self.ridge_, self.X_fit_ = kernel, ridge, X
         self.solver_info_ = {**info.to_dict(), "reason": reason}
+        self.n_iter_ = int(info.iterations)
         self.hparams_ = {"kernel": kernel.name, **_jsonable(kernel.params()), "ridge": ridge}
         if val_error is not None:
             self.hparams_["val_error"] = val_error
@@ -745,7 +777,9 @@ class KernelRidge(BaseRegressor):
             the grid edges are judged on the multipliers, the absolute ridge being scaled per
             kernel.
         """
-        idx_tr, idx_val = validation_split(len(X), self.validation_fraction, self.random_state)
+        idx_tr, idx_val = validation_split(
+            len(X), self.validation_fraction, self.random_state, where="KernelRidge.fit"
+        )
         Xtr, Ytr, Xval, Yval = X[idx_tr], Y[idx_tr], X[idx_val], Y[idx_val]
         best = (math.inf, None, None, 0, None)
         for i, kernel in enumerate(candidates):
@@ -768,7 +802,24 @@ class KernelRidge(BaseRegressor):
         return best[1], best[2], best[0], best[3], best[4]
 
     def predict(self, X):
-        """Predictions for X (n, D): shape (n, k), or (n,) when fitted on 1-D Y."""
+        """Predictions for X (n, D).
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor, shape (n, D)
+
+        Returns
+        -------
+        numpy.ndarray or torch.Tensor, shape (n, k), or (n,) when fitted on 1-D Y
+            A tensor (on the fit's device, in ``dtype``) for tensor input, else a NumPy array.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            Called before ``fit``.
+        ValueError
+            X is not (n, D) with the fitted D, is empty or holds NaN or inf.
+        """
         self._check_is_fitted("predict")
         X_t = self._check_predict_input(X, dtype=self.X_fit_.dtype, device=self.X_fit_.device)
         support = self.X_fit_ if getattr(self, "centers_", None) is None else self.centers_

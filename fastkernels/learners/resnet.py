@@ -101,7 +101,8 @@ class ResNetRegressor(BaseRegressor):
         Grid of ``lr`` and ``weight_decay`` values searched as one ensemble.
     selection : {"validation", "test"}, default "validation"
     validation_fraction : float, default 0.2
-    dtype : torch.dtype, default torch.float32
+    dtype : {"float32", "float64"} or torch.dtype, default "float32"
+        Dtype of the network, its training and its predictions.
     device : str or torch.device, optional
     random_state : int, default 0
         Seed of the init, the mini-batch order and the validation split.
@@ -126,7 +127,25 @@ class ResNetRegressor(BaseRegressor):
         Training loss per epoch of the final fit.
     search_results_ : list of dict
         Every grid point with its selection error (after a search).
+    n_iter_ : int
+        SGD epochs of the returned network's training (both phases of the layer-wise recipe;
+        the final refit after a validation search).
+    n_features_in_ : int
+        Number of features seen by ``fit``.
+    feature_names_in_ : ndarray of str
+        Column names of X, when ``fit`` got a DataFrame with string column names.
+    n_outputs_ : int
+        Number of outputs k.
+
+    Notes
+    -----
+    X and Y may be NumPy arrays, lists, DataFrames (validated as scikit-learn's
+    ``check_array`` does) or torch tensors (kept on their device). ``predict`` returns a NumPy
+    array for input that is not a tensor and a tensor for tensor input, in ``dtype`` either
+    way (float32 by default, where scikit-learn's own regressors return float64).
     """
+
+    _fitted_attribute = "net_"
 
     def __init__(
         self,
@@ -146,7 +165,7 @@ class ResNetRegressor(BaseRegressor):
         param_grid=None,
         selection: str = "validation",
         validation_fraction: float = 0.2,
-        dtype=torch.float32,
+        dtype="float32",
         device=None,
         random_state: int = 0,
         verbose: bool = False,
@@ -307,12 +326,22 @@ class ResNetRegressor(BaseRegressor):
         return [squared_error(out[e], Y) for e in range(net.n_models)]
 
     def fit(self, X, Y, X_select=None, Y_select=None) -> ResNetRegressor:
-        """Train on X (N, d), Y (N,) or (N, k); returns self.
-
-        ``X_select, Y_select`` are used only with ``selection="test"`` and a ``param_grid``.
+        """Train on X (N, d), Y (N,) or (N, k).
 
         A diverged fit is a result, not an error: it returns with non-finite predictions,
         ``hparams_["diverged"]`` True and a warning.
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor, shape (N, d)
+        Y : array-like or torch.Tensor, shape (N,) or (N, k)
+        X_select, Y_select : array-like or torch.Tensor, optional
+            Used only with ``selection="test"`` and a ``param_grid``.
+
+        Returns
+        -------
+        ResNetRegressor
+            self, fitted.
 
         Warns
         -----
@@ -344,7 +373,9 @@ class ResNetRegressor(BaseRegressor):
             net, history = self._train(s, X, Y, grid, seed)
             chosen = grid[0]
         elif self.selection == "validation":
-            idx_tr, idx_val = validation_split(len(X), self.validation_fraction, seed)
+            idx_tr, idx_val = validation_split(
+                len(X), self.validation_fraction, seed, where="ResNetRegressor.fit"
+            )
             net, _ = self._train(s, X[idx_tr], Y[idx_tr], grid, seed)
             errs = self._member_errors(net, X[idx_val], Y[idx_val])
             best = _argmin(errs)
@@ -406,8 +437,10 @@ class ResNetRegressor(BaseRegressor):
             bad = None
         diverged = not (math.isfinite(final_loss) and finite_pred)
         hp.update(final_loss=final_loss, diverged=diverged, grid_edge=edges)
-        self.net_, self.loss_history_, self.hparams_ = net, history, hp
+        self.loss_history_, self.hparams_ = history, hp
+        self.n_iter_ = len(history)
         self.diverged_ = diverged
+        self.net_ = net  # last: its presence marks the estimator fitted
         if edges:
             warnings.warn(
                 grid_edge_message("ResNetRegressor", edges), GridEdgeWarning, stacklevel=2
@@ -432,7 +465,25 @@ class ResNetRegressor(BaseRegressor):
         return self
 
     def predict(self, X):
-        """Predictions for X (n, d): shape (n, k), or (n,) when fitted on 1-D Y."""
+        """Predictions for X (n, d).
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor, shape (n, d)
+
+        Returns
+        -------
+        numpy.ndarray or torch.Tensor, shape (n, k), or (n,) when fitted on 1-D Y
+            A tensor (on the network's device, in ``dtype``) for tensor input, else a NumPy
+            array.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            Called before ``fit``.
+        ValueError
+            X is not (n, d) with the fitted d, is empty or holds NaN or inf.
+        """
         self._check_is_fitted("predict")
         X_t = self._check_predict_input(X, dtype=self.net_.A.dtype, device=self.net_.A.device)
         with torch.no_grad():

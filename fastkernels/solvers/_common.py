@@ -10,6 +10,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
+from sklearn.exceptions import ConvergenceWarning as _SklearnConvergenceWarning
 
 __all__ = [
     "ConvergenceWarning",
@@ -29,8 +30,13 @@ _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12}
 _UNITS.update({"kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4})
 
 
-class ConvergenceWarning(RuntimeWarning):
-    """An iterative solver stopped before its residual reached the tolerance."""
+class ConvergenceWarning(_SklearnConvergenceWarning, RuntimeWarning):
+    """An iterative solver stopped before its residual reached the tolerance.
+
+    A subclass of :class:`sklearn.exceptions.ConvergenceWarning`, so that filters written for
+    scikit-learn's warning (``warnings.simplefilter("ignore", ConvergenceWarning)`` with the
+    scikit-learn class) catch it too, and of :class:`RuntimeWarning`, as it always was.
+    """
 
 
 @dataclass

@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist, pdist
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.kernel_ridge import KernelRidge as SKKernelRidge
 from sklearn.metrics import r2_score
 
@@ -261,6 +262,13 @@ def _fit_kwargs():
     return {"kernel_params": {"gamma": 0.1}, "ridge": 0.1}
 
 
+def _with_entry(a, value):
+    """``a`` as an object array with one entry replaced by a non-number."""
+    out = a.astype(object)
+    out[0, 0] = value
+    return out
+
+
 @pytest.mark.parametrize(
     "make_xy,exc,match",
     [
@@ -273,9 +281,14 @@ def _fit_kwargs():
         (lambda X, Y: (X[None], Y), ValueError, "X"),
         (lambda X, Y: (X, Y[None]), ValueError, "Y"),
         (lambda X, Y: (X[:, 0], Y), ValueError, "X"),
-        (lambda X, Y: (X.astype(object), Y), TypeError, "X"),
+        (lambda X, Y: (_with_entry(X, "a"), Y), TypeError, "X"),
+        (lambda X, Y: (_with_entry(X, {"foo": 1}), Y), TypeError, "X"),
         (lambda X, Y: (X > 0, Y), TypeError, "X"),
-        (lambda X, Y: (X, Y.astype(object)), TypeError, "Y"),
+        (lambda X, Y: (X.astype(str), Y), TypeError, "X"),
+        (lambda X, Y: (X, _with_entry(Y, "a")), TypeError, "Y"),
+        (lambda X, Y: (X + 1j, Y), ValueError, "Complex"),
+        (lambda X, Y: (X, None), ValueError, "requires y"),
+        (lambda X, Y: (X[:, :0], Y), ValueError, "0 feature"),
     ],
 )
 def test_bad_fit_input(make_xy, exc, match):
@@ -322,13 +335,16 @@ def test_bad_predict_input():
         model.predict(Xt[:0])
 
 
-def test_predict_before_fit_raises():
-    with pytest.raises((RuntimeError, AttributeError, ValueError)):
-        KernelRidge().predict(np.ones((2, 2)))
+def test_object_arrays_of_numbers_are_numbers():
+    # scikit-learn's convention (check_array): an object array holding numbers is numeric data.
+    X, Y, Xt, _ = data()
+    ref = KernelRidge(**_fit_kwargs()).fit(X, Y).predict(Xt)
+    model = KernelRidge(**_fit_kwargs()).fit(X.astype(object), Y.astype(object))
+    np.testing.assert_array_equal(model.predict(Xt.astype(object)), ref)
 
 
 def test_predict_before_fit_message():
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="KernelRidge.predict: .*not fitted"):
         KernelRidge().predict(np.ones((2, 2)))
 
 
@@ -390,11 +406,11 @@ def test_auto_says_what_it_picked(capsys):
     model = KernelRidge(
         kernel_params={"gamma": 0.3}, ridge=0.1, memory_budget=300_000, compute_dtype="float32"
     )
-    model.fit(X, Y)
+    model.fit(X, Y)  # verbose=False by default: silent
     assert model.hparams_["solver"] == "cg" and "fits" in model.solver_info_["reason"]
+    assert capsys.readouterr() == ("", "")
+    model.set_params(verbose=True).fit(X, Y)
     assert "solver='cg'" in capsys.readouterr().err
-    model.set_params(verbose=False).fit(X, Y)
-    assert capsys.readouterr().err == ""
 
 
 def test_unconverged_fit_warns_and_keeps_history():
@@ -490,7 +506,7 @@ def test_keops_backend_cg_matches_cholesky(monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(ops, "keops_kernel_mv", spy)
-    # D = 5 and 3 outputs in float64: a formula tests/ops/test_keops_backend.py compiles too.
+    # D = 5 and 3 outputs in float64: a formula tests/ops/test_kernel_mv.py compiles too.
     X, Y, Xt, _ = data(n=301, d=5, k=3, n_test=37)
     common = dict(kernel_params={"gamma": 0.3}, ridge=1e-2, verbose=False)
     exact = KernelRidge(solver="cholesky", **common).fit(X, Y)

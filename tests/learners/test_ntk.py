@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from fastkernels.learners import NTKRegressor
 from fastkernels.models import StackedNet
@@ -147,7 +148,7 @@ def test_bad_input():
 
 
 def test_predict_before_fit_message():
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="NTKRegressor.predict: .*not fitted"):
         NTKRegressor().predict(torch.ones(2, 2))
 
 

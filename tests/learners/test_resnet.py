@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from fastkernels.learners import ResNetRegressor, make_learner
 from fastkernels.learners.base import squared_error
@@ -248,7 +249,7 @@ def test_get_set_params_repr():
     with pytest.raises(ValueError, match="learning_rate"):
         model.set_params(learning_rate=0.1)
     r = repr(model)
-    assert r == "ResNetRegressor(arch='2layer', width=16, lr=0.1)"
+    assert r == "ResNetRegressor(arch='2layer', lr=0.1, width=16)"  # scikit-learn's repr
     assert make_learner("resnet", width=3).width == 3
     with pytest.raises(ValueError, match="depth"):
         make_learner("resnet", depth=3)
@@ -318,7 +319,7 @@ def test_bad_input():
 
 
 def test_predict_before_fit_message():
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="ResNetRegressor.predict: .*not fitted"):
         ResNetRegressor().predict(torch.ones(2, D))
 
 
