@@ -148,15 +148,7 @@ class Kernel:
         Tensor, shape (N,) or (N, T) following ``v``, dtype and device of the inputs
         """
         where = f"{type(self).__name__}.mv"
-        x1, x2 = self._check_inputs(x1, x2, where=where)
-        v = _check_tensor(v, name="v", where=where, ndim=(1, 2))
-        if v.shape[0] != x2.shape[0]:
-            raise ValueError(
-                f"{where}: v must have {x2.shape[0]} rows (one per row of x2), "
-                f"got shape {tuple(v.shape)}"
-            )
-        _check_same_kind(x1, v, "x1", "v", where)
-        _check_finite(v, "v", where)
+        x1, x2, v = self._check_product(x1, x2, v, where)
         n = x1.shape[0]
         # The op tiles K itself (one tile per thread in C++); block_size only splits the rows
         # into several op calls, e.g. to bound the reference's memory on other devices.
@@ -216,6 +208,19 @@ class Kernel:
         return hash((type(self).__name__, tuple(sorted(self.params().items()))))
 
     # -- validation -----------------------------------------------------------------------------
+    def _check_product(self, x1, x2, v, where: str) -> tuple[Tensor, Tensor, Tensor]:
+        """The inputs of ``mv``: points as for ``__call__``, ``v`` (M,) or (M, T) like them."""
+        x1, x2 = self._check_inputs(x1, x2, where=where)
+        v = _check_tensor(v, name="v", where=where, ndim=(1, 2))
+        if v.shape[0] != x2.shape[0]:
+            raise ValueError(
+                f"{where}: v must have {x2.shape[0]} rows (one per row of x2), "
+                f"got shape {tuple(v.shape)}"
+            )
+        _check_same_kind(x1, v, "x1", "v", where)
+        _check_finite(v, "v", where)
+        return x1, x2, v
+
     def _check_inputs(self, x1, x2, *, where: str) -> tuple[Tensor, Tensor]:
         # Cheap structural checks on both inputs first, the O(N D) finiteness scan last.
         x1_t = _check_tensor(x1, name="x1", where=where, ndim=(2,))
@@ -554,13 +559,7 @@ class Product(_Pair):
         ops.check_backend(backend, where)
         if backend == "keops":
             raise ValueError(f"{where}: backend='keops' does not compute products of kernels")
-        x1, x2 = self._check_inputs(x1, x2, where=where)
-        v = _check_tensor(v, name="v", where=where, ndim=(1, 2))
-        if v.shape[0] != x2.shape[0]:
-            raise ValueError(
-                f"{where}: v must have {x2.shape[0]} rows (one per row of x2), "
-                f"got shape {tuple(v.shape)}"
-            )
+        x1, x2, v = self._check_product(x1, x2, v, where)
         rows = block_size or max(1, _BLOCK_ENTRIES // x2.shape[0])
         vv = v[:, None] if v.dim() == 1 else v
         if x1 is x2 and rows >= x1.shape[0]:
