@@ -3,13 +3,15 @@
 Subcommands::
 
     fastkernels run PRESET|FILE.toml [--store PATH] [--out DIR] [--device cpu|cuda]
-                    [--executor local|ray] [--ray-address ADDR] [--no-report] [--quiet]
+                    [--executor local|ray] [--ray-address ADDR] [--cpus-per-trial N]
+                    [--no-report] [--quiet]
     fastkernels report STORE [--out DIR] [--c C]
     fastkernels info
     fastkernels presets
 
 Expected errors (a bad sweep file, a foreign results store, a learner or concept rejecting its
-parameters, a missing file, CUDA requested without CUDA) print one line
+parameters, a missing file, CUDA requested without CUDA, an unreachable Ray cluster or one
+without the CPUs or GPU a trial requests) print one line
 ``fastkernels: error: ...`` to stderr and exit with status 2. Anything else is a bug and keeps its
 traceback.
 """
@@ -63,13 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--executor",
         choices=("local", "ray"),
         default="local",
-        help="local: in this process; ray: one Ray task per trial",
+        help="local: one trial after another on this machine; ray: one Ray task per trial",
     )
     p.add_argument(
         "--ray-address",
         metavar="ADDR",
         default=None,
-        help="ray.init(address=...) for --executor ray (default: local Ray)",
+        help="the Ray cluster for --executor ray: HOST:PORT of its head, ray://HOST:PORT or "
+        "auto (default: $RAY_ADDRESS, else a local Ray instance for this run)",
+    )
+    p.add_argument(
+        "--cpus-per-trial",
+        metavar="N",
+        type=int,
+        default=None,
+        help="CPUs each trial requests from Ray and torch threads it runs with "
+        "(--executor ray; default 1)",
     )
     p.add_argument("--no-report", action="store_true", help="do not write the report")
     p.add_argument(
@@ -152,6 +163,11 @@ def _cmd_run(args) -> int:
     # Check everything that can fail cheaply before the store is created or a trial runs.
     if args.executor == "ray":
         import_ray()
+    elif args.ray_address is not None or args.cpus_per_trial is not None:
+        opt = "--ray-address" if args.ray_address is not None else "--cpus-per-trial"
+        raise _CLIError(f"{opt} applies to --executor ray")
+    if args.cpus_per_trial is not None and args.cpus_per_trial < 1:
+        raise _CLIError(f"--cpus-per-trial must be a positive integer, got {args.cpus_per_trial}")
     device = check_device(args.device, require_available=args.executor == "local")
     store = Path(args.store) if args.store else Path(DEFAULT_RESULTS_DIR) / spec.name / "results.db"
     out = Path(args.out) if args.out else store.parent
@@ -163,6 +179,7 @@ def _cmd_run(args) -> int:
         executor=args.executor,
         progress=not args.quiet,
         ray_address=args.ray_address,
+        cpus_per_trial=args.cpus_per_trial,
     )
     if not args.quiet:
         others = (

@@ -50,3 +50,16 @@ def member_forward(p: dict, arch: str, block: str, x: torch.Tensor) -> torch.Ten
         return (h1 + h2) @ A.T
     h2 = relu(h1 @ p["U"].T + p["b2"])
     return h2 @ A.T if arch == "3layer" else (h1 + h2) @ A.T
+
+
+def cli_exit_2(args, capsys, *words) -> str:
+    """Run ``fastkernels`` with ``args``; assert exit status 2 and one line of error on stderr
+    that contains every one of ``words``; return the line."""
+    from fastkernels.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastkernels: error: ") and "\n" not in err, err
+    for w in words:
+        assert w in err, err
+    return err

@@ -6,12 +6,19 @@ in the store, claims each remaining trial before running it (so processes sharin
 the work), and writes one row per finished trial with the fit's status (solver convergence,
 divergence, grid-edge selections) and cost; a failed trial writes nothing and stops the sweep
 after the rows before it are safely committed.
+
+Executors: ``"local"`` runs the trials one after another, each in a fresh process forked from a
+preloaded server; ``"ray"`` runs them as Ray tasks on a Ray cluster (a local one by default),
+each requesting :data:`RAY_CPUS_PER_TRIAL` CPUs (and one GPU for ``device="cuda"``); see
+:func:`run_sweep` for what the workers are sent and what happens when one dies.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import math
+import os
 import platform
 import sys
 import time
@@ -39,6 +46,7 @@ from .trials import expand
 
 __all__ = [
     "TrialError",
+    "TrialProcessDied",
     "SweepResult",
     "run_trial",
     "run_sweep",
@@ -48,6 +56,20 @@ __all__ = [
 ]
 
 EXECUTORS = ("local", "ray")
+# What one trial requests from Ray: the sweep files have no resource field, so every trial asks
+# for this many CPUs (and runs this many torch threads) unless run_sweep's cpus_per_trial (the
+# CLI's --cpus-per-trial) says otherwise; device="cuda" adds one GPU.
+RAY_CPUS_PER_TRIAL = 1
+# Ray re-runs a task whose worker process died (killed, node lost) or whose trial process died
+# (TrialProcessDied) up to this many times before the sweep stops with the error.
+RAY_MAX_RETRIES = 2
+# How long to wait for a TCP connection to --ray-address before calling it unreachable.
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+class TrialProcessDied(RuntimeError):
+    """The process running a trial died (killed by a signal, e.g. by the system when out of
+    memory): a failure of the machine, not of the trial's code, which the Ray executor retries."""
 
 
 class TrialError(RuntimeError):
@@ -346,6 +368,7 @@ def run_sweep(
     ray_address: str | None = None,
     isolation: str = "process",
     poll_s: float = 1.0,
+    cpus_per_trial: int | None = None,
 ) -> SweepResult:
     """Run every trial of ``spec`` that is not yet in ``store``, storing each as it finishes.
 
@@ -363,12 +386,15 @@ def run_sweep(
     device : {"cpu", "cuda", "cuda:<i>"}
         Where trials compute.
     executor : {"local", "ray"}
-        ``"local"`` runs trials in order from this process; ``"ray"`` submits one Ray task per
-        trial (``num_gpus=1`` for CUDA) and stores results as they complete.
+        ``"local"`` runs trials in order from this process; ``"ray"`` runs one Ray task per
+        trial (``num_cpus=cpus_per_trial``, plus ``num_gpus=1`` for CUDA) and stores results as
+        they complete. See Notes.
     progress : bool, default True
         Show a tqdm bar (stderr) with ETA and the current trial.
     ray_address : str, optional
-        Passed to ``ray.init(address=...)`` when Ray is not initialised yet.
+        The Ray cluster (``"host:port"`` of its head, ``"ray://host:port"``, ``"auto"``) when Ray
+        is not initialised in this process yet; default ``$RAY_ADDRESS``, else (or
+        ``"local"``) a local Ray instance started for the sweep and stopped after it.
     isolation : {"process", "none"}, default "process"
         ``"process"``: each local trial runs in a fresh worker process (forked from a server
         that has imported torch, so it starts in well under a second), so that its peak memory
@@ -376,10 +402,38 @@ def run_sweep(
         killed by the system stops the sweep with a clear error. ``"none"``: in this process.
     poll_s : float, default 1.0
         How often to look at the trials other processes are computing.
+    cpus_per_trial : int, optional
+        Executor ``"ray"`` only: the CPUs each trial requests from Ray and the torch threads it
+        runs with (default :data:`RAY_CPUS_PER_TRIAL`, i.e. 1).
 
     Returns
     -------
     SweepResult
+
+    Notes
+    -----
+    With ``executor="ray"``, before the store is opened: the cluster is reached or the local
+    instance started (a one-line ``ConnectionError`` if not), and a node must have the CPUs and
+    GPU a trial requests (else ``ValueError``). The job's ``runtime_env`` sets ``PYTHONPATH`` to
+    the code folders of this process's ``sys.path`` (the checkout, the folder of a learner
+    registered at run time), so that the workers import what the local trial processes would
+    (Ray itself passes on only the working directory). On a cluster, a probe task then finds
+    out whether the workers import this process's ``fastkernels``; where they find none, or
+    another copy, the job is started again with the package shipped in ``py_modules``, so that
+    remote workers run this process's code. (Where the caller has initialised Ray, the
+    ``PYTHONPATH`` goes with each task, and a package missing on the workers is a
+    ``ValueError``: a ``runtime_env`` uploads folders only when the job starts.)
+
+    On a CPU a Ray worker runs each of its trials in a fresh process forked from a preloaded
+    server (as ``isolation="process"`` does locally), so the recorded peak memory is the trial's
+    own; with CUDA each trial gets a fresh Ray worker (``max_calls=1``). A trial whose Ray worker
+    or trial process dies (killed, out of memory, node lost) is re-run by Ray up to
+    :data:`RAY_MAX_RETRIES` times; this process holds the trial's claim meanwhile, so no other
+    process sharing the store takes it over, and the store keeps one row per trial. Only when
+    the retries are exhausted does the sweep stop with a :class:`TrialError`; a new run then
+    picks up the trial like any unfinished one. At most twice as many trials as the cluster can
+    run at once are claimed and submitted at a time, the rest stay free for other processes
+    sharing the store.
 
     Raises
     ------
@@ -391,17 +445,40 @@ def run_sweep(
         A trial failed (message names label, N, seed); rows finished before it are stored.
     ImportError
         ``executor="ray"`` without Ray installed (raised before anything runs).
+    ConnectionError
+        ``executor="ray"``: the Ray cluster cannot be reached or started (before any trial).
     ValueError
-        Unknown executor, isolation or unusable device.
+        Unknown executor, isolation or unusable device; with Ray, a resource request no node of
+        the cluster can meet (before any trial).
     """
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; expected one of {', '.join(EXECUTORS)}")
     if isolation not in ISOLATIONS:
         raise ValueError(f"unknown isolation {isolation!r}; expected one of {ISOLATIONS}")
+    if cpus_per_trial is not None and executor != "ray":
+        raise ValueError("cpus_per_trial applies to executor 'ray' only")
+    cpus = RAY_CPUS_PER_TRIAL if cpus_per_trial is None else cpus_per_trial
+    if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
+        raise ValueError(f"cpus_per_trial must be a positive integer, got {cpus_per_trial!r}")
     ray = import_ray() if executor == "ray" else None
     device = check_device(device, require_available=executor == "local")
+    if ray is not None and device.startswith("cuda:"):
+        raise ValueError(
+            f"device {device!r} with executor 'ray': Ray assigns each trial its GPU; use 'cuda'"
+        )
     trials = expand(spec)
 
+    # Ray is reached (or started) and checked before the store is touched: an unreachable
+    # cluster or a request it cannot meet leaves nothing behind.
+    session = _RaySession(ray, ray_address, device, cpus) if ray is not None else None
+    try:
+        return _run_sweep(spec, store, trials, device, progress, session, isolation, poll_s)
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _run_sweep(spec, store, trials, device, progress, session, isolation, poll_s) -> SweepResult:
     own_store = not isinstance(store, ResultsStore)
     st = ResultsStore(store) if own_store else store
     try:
@@ -440,10 +517,10 @@ def run_sweep(
                     file=sys.stderr,
                 ) as bar:
                     ctx = _RunContext(spec, st, device, bar, owner, poll_s)
-                    if ray is None:
+                    if session is None:
                         _run_local(ctx, todo, isolation)
                     else:
-                        _run_ray(ray, ctx, todo, ray_address)
+                        _run_ray(session, ctx, todo)
                     ran, by_others = ctx.ran, ctx.by_others
             finally:
                 beat.stop()
@@ -550,6 +627,9 @@ def _run_local(ctx: _RunContext, todo: list[Trial], isolation: str) -> None:
             worker.close()
 
 
+_OWN_ENTRY = object()
+
+
 class _TrialProcess:
     """Runs trials one at a time, each in a fresh process forked from a preloaded server.
 
@@ -578,16 +658,19 @@ class _TrialProcess:
             initargs=(me, _process_start(me)),
         )
 
-    def run(self, config: dict, device: str) -> dict:
+    def run(self, config: dict, device: str, entry=_OWN_ENTRY, threads: int | None = None) -> dict:
+        """Run one trial in a fresh process; ``entry``: the learner's registry entry (default:
+        this process's), ``threads``: torch threads of the trial (default: torch's)."""
         from concurrent.futures.process import BrokenProcessPool
 
-        from ..learners import LEARNERS
+        if entry is _OWN_ENTRY:
+            from ..learners import LEARNERS
 
-        entry = LEARNERS.get(config["learner"]["type"])
+            entry = LEARNERS.get(config["learner"]["type"])
         try:
-            return self._pool.submit(_worker_trial, config, device, entry).result()
+            return self._pool.submit(_worker_trial, config, device, entry, threads).result()
         except BrokenProcessPool:
-            raise RuntimeError(
+            raise TrialProcessDied(
                 "the trial's worker process died (killed by a signal, e.g. by the system when "
                 "out of memory)"
             ) from None
@@ -633,12 +716,14 @@ def _worker_init(parent_pid: int, parent_start: str | None) -> None:
     threading.Thread(target=watch, name="fastkernels-parent-watch", daemon=True).start()
 
 
-def _worker_trial(config: dict, device: str, entry) -> dict:
+def _worker_trial(config: dict, device: str, entry, threads: int | None = None) -> dict:
     if entry is not None:
         # The parent's registry entry (a learner registered at run time, e.g. by a plugin).
         from ..learners import LEARNERS
 
         LEARNERS[config["learner"]["type"]] = entry
+    if threads is not None:
+        torch.set_num_threads(threads)
     return run_trial(config, device)
 
 
@@ -692,26 +777,314 @@ def import_ray():
     return ray
 
 
-def _run_ray(ray, ctx: _RunContext, todo, address) -> None:  # pragma: no cover - no ray
-    if not ray.is_initialized():
-        ray.init(address=address)
-    gpus = 1 if ctx.device.startswith("cuda") else 0
-    remote = ray.remote(num_gpus=gpus)(run_trial)
+class _RaySession:
+    """This sweep's use of a Ray cluster: connection, resource checks, runtime_env, the task.
+
+    Everything that can fail before a trial runs fails in the constructor, as one line.
+    """
+
+    def __init__(self, ray, address: str | None, device: str, cpus: int):
+        self.ray, self.device, self.cpus = ray, device, cpus
+        self.gpus = 1 if device.startswith("cuda") else 0
+        self.started = False
+        # None: the tasks inherit the job's runtime_env.
+        self.runtime_env: dict | None = None
+        if ray.is_initialized():
+            # Connected by the caller: the job's runtime_env is theirs; the code folders go
+            # with each task, and a package missing on the workers is an error (a runtime_env
+            # can upload a folder only when the job starts).
+            self.where = "the Ray cluster this process is connected to"
+            self._check_resources()
+            self.runtime_env = _code_env()
+            found = _probe_fastkernels(ray, self.runtime_env, self.where)
+            if found != _package_file():
+                raise ValueError(
+                    f"the workers of {self.where} import {found or 'no fastkernels'}, not "
+                    f"{_package_file()}; start Ray with runtime_env={{'py_modules': "
+                    f"[{os.path.dirname(_package_file())!r}]}}, or let the sweep connect "
+                    "(ray_address, --ray-address) and ship it"
+                )
+        else:
+            # "local" when nothing names a cluster: ray.init() would otherwise connect to the
+            # last cluster `ray start` ran on this machine, and wait for minutes where that
+            # one is gone. `auto` asks for it.
+            address = address or os.environ.get("RAY_ADDRESS") or "local"
+            local = address == "local"
+            self.where = "the local Ray instance" if local else f"Ray at {address!r}"
+            # The job's runtime_env, so that the workers Ray starts ahead of the first task
+            # serve the sweep (see _with_package).
+            env = _code_env()
+            _ray_connect(ray, address, self.where, env)
+            self.started = True
+            try:
+                self._check_resources()
+                # A local instance's workers are children of this process with its
+                # environment: they import what it imports. A cluster's may not.
+                if not local and _probe_fastkernels(ray, None, self.where) != _package_file():
+                    ray.shutdown()
+                    self.started = False
+                    _ray_connect(ray, address, self.where, _with_package(env))
+                    self.started = True
+            except BaseException:
+                self.close()
+                raise
+        opts: dict[str, Any] = {
+            "num_cpus": cpus,
+            "num_gpus": self.gpus,
+            "max_retries": RAY_MAX_RETRIES,
+        }
+        if self.runtime_env is not None:
+            opts["runtime_env"] = self.runtime_env
+        if self.gpus:
+            # A fresh Ray worker per trial: Ray gives it its GPU (CUDA_VISIBLE_DEVICES) before
+            # CUDA starts, and the trial's memory, host and GPU, is its own.
+            self._remote = ray.remote(max_calls=1, **opts)(_ray_trial_in_worker)
+        else:
+            self._remote = ray.remote(retry_exceptions=[TrialProcessDied], **opts)(
+                _ray_trial_in_process
+            )
+
+    def _nodes(self) -> list[dict]:
+        return [n.get("Resources") or {} for n in self.ray.nodes() if n.get("Alive")]
+
+    def _check_resources(self) -> None:
+        nodes = self._nodes()
+        if self.gpus and not any(r.get("GPU", 0) >= self.gpus for r in nodes):
+            total = sum(r.get("GPU", 0) for r in nodes)
+            raise ValueError(
+                f"device 'cuda' asks for {self.gpus} GPU per trial, but no node of {self.where} "
+                f"has one ({total:g} GPUs in the cluster)"
+            )
+        if not any(
+            r.get("CPU", 0) >= self.cpus and r.get("GPU", 0) >= self.gpus for r in nodes
+        ):
+            most = max((r.get("CPU", 0) for r in nodes), default=0)
+            raise ValueError(
+                f"each trial asks for {self.cpus} CPUs (cpus per trial), but the largest node of "
+                f"{self.where} has {most:g}"
+            )
+
+    def capacity(self) -> int:
+        """Trials the cluster can run at once (at least 1)."""
+        n = 0
+        for r in self._nodes():
+            fit = int(r.get("CPU", 0) // self.cpus)
+            if self.gpus:
+                fit = min(fit, int(r.get("GPU", 0) // self.gpus))
+            n += fit
+        return max(n, 1)
+
+    def submit(self, trial: Trial):
+        from ..learners import LEARNERS
+
+        # The registry entry travels with the task (as to local trial processes), so learners
+        # registered at run time (plugins, tests) exist in the workers too.
+        entry = LEARNERS.get(trial.learner_type)
+        return self._remote.remote(trial.config, self.device, entry, self.cpus)
+
+    def close(self) -> None:
+        if self.started:
+            self.started = False
+            self.ray.shutdown()
+
+
+def _ray_connect(ray, address: str | None, where: str, runtime_env: dict | None) -> None:
+    """``ray.init``, with an unreachable address as a one-line ConnectionError.
+
+    Ray itself keeps retrying an address where nothing answers (for minutes), so the head is
+    first reached with a plain TCP connection.
+    """
+    if address != "local":
+        _check_reachable(address)
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
+    if runtime_env is not None:
+        kwargs["runtime_env"] = runtime_env
+    if address == "local":
+        # A Ray instance for this sweep alone: no dashboard (seconds of start-up and a web
+        # server nobody asked for), and workers at normal priority. Ray starts its workers at
+        # nice 15 so that its daemons stay responsive; here the trials are the work, and at
+        # nice 15 a trial sharing a core with any normal-priority process gets a few percent of
+        # it, where the local executor's trials get their fair share.
+        kwargs["include_dashboard"] = False
+        kwargs["_system_config"] = {"worker_niceness": 0}
+    try:
+        ray.init(address=address, **kwargs)
+    except Exception as exc:
+        msg = " ".join(str(exc).split())
+        msg = msg if len(msg) <= 300 else msg[:297] + "..."
+        what = "start" if address in (None, "local") else "connect to"
+        raise ConnectionError(f"cannot {what} {where}: {type(exc).__name__}: {msg}") from None
+
+
+def _check_reachable(address: str) -> None:
+    import socket
+
+    target = address
+    if address == "auto":
+        # The cluster `ray start` last ran on this machine (Ray's own lookup; private, hence
+        # best effort: without it ray.init does the lookup, unchecked).
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+        except ImportError:
+            return
+        try:
+            target = canonicalize_bootstrap_address("auto")
+        except Exception as exc:
+            msg = " ".join(str(exc).split())
+            raise ConnectionError(f"Ray address 'auto': {msg}") from None
+        if not target:
+            return
+    rest = target.split("://", 1)[1] if "://" in target else target
+    host, _, port = rest.rpartition(":")
+    default_port = 10001 if address.startswith("ray://") else 6379
+    if not host:
+        host, port = rest, str(default_port)
+    try:
+        port_n = int(port)
+    except ValueError:
+        raise ConnectionError(
+            f"Ray address {address!r}: expected host:port, ray://host:port or 'auto'"
+        ) from None
+    try:
+        socket.create_connection((host.strip("[]"), port_n), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        why = exc.strerror or str(exc) or type(exc).__name__
+        via = "" if target == address else f" ({target})"
+        raise ConnectionError(
+            f"cannot reach a Ray cluster at {address!r}{via}: {why}; is its head running "
+            "(`ray start --head`)?"
+        ) from None
+
+
+def _code_paths() -> list[str]:
+    """Folders of this process's ``sys.path`` that are not part of the Python installation
+    (stdlib, site-packages): the checkout, test folders, a plugin's folder."""
+    import site
+
+    installed = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    installed = {os.path.abspath(p) for p in installed}
+    site_dirs = {os.path.abspath(p) for p in site.getsitepackages()}
+    if site.ENABLE_USER_SITE:
+        site_dirs.add(os.path.abspath(site.getusersitepackages()))
+    out: list[str] = []
+    for entry in sys.path:
+        if not entry or not os.path.isdir(entry):
+            continue
+        path = os.path.abspath(entry)
+        inside = any(path == p or path.startswith(p + os.sep) for p in installed)
+        if not inside and path not in site_dirs and path not in out:
+            out.append(path)
+    return out
+
+
+def _code_env() -> dict:
+    """A runtime_env whose ``PYTHONPATH`` starts with :func:`_code_paths`."""
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join([*_code_paths(), "${PYTHONPATH}"])}}
+
+
+def _package_file() -> str:
+    import fastkernels
+
+    return os.path.realpath(fastkernels.__file__)
+
+
+def _with_package(env: dict) -> dict:
+    """``env`` plus this process's ``fastkernels`` folder as ``py_modules``.
+
+    ``PYTHONPATH`` (:func:`_code_env`) carries this process's code folders, like the local
+    executor's trial processes, which get its ``sys.path``: on this machine, or on nodes that
+    share its file system, the workers import the same modules, and registry entries pickled by
+    reference (learners registered at run time) resolve; paths a node lacks are skipped by
+    Python. The package itself is shipped (uploaded once per cluster, first on the workers'
+    path) only where a probe task finds that the workers would import no ``fastkernels`` or
+    another copy of it: shipping it always would replace, on nodes that have it installed,
+    their own build of the C++ extension by this machine's.
+    """
+    return {
+        **env,
+        "py_modules": [os.path.dirname(_package_file())],
+        "excludes": ["__pycache__", "*.pyc"],
+    }
+
+
+def _probe_fastkernels(ray, env: dict | None, where: str, timeout_s: float = 120.0) -> str | None:
+    """Where a worker (with runtime_env ``env``; None: the job's) finds ``fastkernels``'s
+    ``__init__.py`` (None: nowhere)."""
+
+    # Defined here, so that it is pickled by value: a worker without fastkernels can run it.
+    # It finds the package without importing it (which would cost seconds of torch imports).
+    def probe():
+        import importlib.util
+        import os
+
+        spec = importlib.util.find_spec("fastkernels")
+        return None if spec is None or not spec.origin else os.path.realpath(spec.origin)
+
+    task = ray.remote(num_cpus=0, max_retries=1)(probe)
+    ref = (task if env is None else task.options(runtime_env=env)).remote()
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        raise ConnectionError(
+            f"{where} did not run a probe task within {timeout_s:g} s (no worker started)"
+        ) from None
+
+
+# The trial process server of this Ray worker (one per worker process, created on first use).
+_RAY_TRIALS: _TrialProcess | None = None
+
+
+def _ray_trial_in_process(config: dict, device: str, entry, threads: int) -> dict:
+    """Ray task (CPU trials): run the trial in a fresh process forked from this worker's
+    preloaded server, so that its peak memory is its own and the worker, reused by Ray, pays
+    the imports once."""
+    global _RAY_TRIALS
+    if _RAY_TRIALS is None:
+        _RAY_TRIALS = _TrialProcess()
+    try:
+        return _RAY_TRIALS.run(config, device, entry=entry, threads=threads)
+    except TrialProcessDied:
+        _RAY_TRIALS.close()  # the pool is broken; the next trial gets a new one
+        _RAY_TRIALS = None
+        raise
+
+
+def _ray_trial_in_worker(config: dict, device: str, entry, threads: int) -> dict:
+    """Ray task (CUDA trials, one fresh worker each): the trial in the worker itself."""
+    import importlib
+
+    for module in _PRELOAD:  # imported before the fit is measured, as in the trial processes
+        importlib.import_module(module)
+    return _worker_trial(config, device, entry, threads)
+
+
+def _run_ray(session: _RaySession, ctx: _RunContext, todo: list[Trial]) -> None:
+    ray = session.ray
     waiting = list(todo)
     pending: dict = {}
     try:
         while waiting or pending:
+            # Claim and submit only what keeps the cluster busy: the rest stays free for other
+            # processes sharing the store.
+            room = 2 * session.capacity() - len(pending)
             still = []
             for trial in waiting:
+                if room <= 0:
+                    still.append(trial)
+                    continue
                 state = ctx.claim(trial)
                 if state == "claimed":
-                    pending[remote.remote(trial.config, ctx.device)] = trial
+                    pending[session.submit(trial)] = trial
+                    room -= 1
                 elif state == "busy":
                     still.append(trial)
             waiting = still
             if not pending:
-                ctx.wait(waiting)
+                if waiting:
+                    ctx.wait(waiting)
                 continue
+            ctx.bar.set_postfix_str(f"{len(pending)} trials submitted to Ray", refresh=False)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=ctx.poll_s)
             for ref in ready:
                 trial = pending.pop(ref)
@@ -726,15 +1099,17 @@ def _run_ray(ray, ctx: _RunContext, todo, address) -> None:  # pragma: no cover 
                         trial, cause if isinstance(cause, BaseException) else exc
                     ) from exc
                 ctx.finished(trial, result)
-                ctx.bar.set_postfix_str(f"done: {_describe(trial)}", refresh=False)
     finally:
         for ref, trial in pending.items():
-            ray.cancel(ref)
+            # force: the worker process goes, and with it the trial process it forked.
+            ray.cancel(ref, force=True)
             ctx.release(trial)
 
 
-def _store_finished(ray, pending, ctx) -> None:  # pragma: no cover - no ray
+def _store_finished(ray, pending, ctx) -> None:
     """After a failure: keep the results that already finished (the rest is cancelled)."""
+    if not pending:
+        return
     ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
     for ref in ready:
         trial = pending.pop(ref)

@@ -17,6 +17,7 @@ import sys
 import time
 
 import pytest
+from helpers import cli_exit_2
 
 from fastkernels.cli import main
 from fastkernels.experiments import ResultsStore, StoreError, expand, parse_spec, run_sweep
@@ -174,15 +175,6 @@ def _populated_store(path, base_toml):
     run_sweep(parse_spec(base_toml, "s.toml"), path, progress=False, isolation="none")
 
 
-def _expect_exit_2(args, capsys, *words):
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("fastkernels: error: ") and "\n" not in err, err
-    for w in words:
-        assert w in err, err
-    return err
-
-
 def test_corrupt_store_exit_2_before_any_trial(base_toml, tmp_path, capsys):
     spec = tmp_path / "s.toml"
     spec.write_text(base_toml.replace('"t"', '"t2"'))  # a new sweep: all its trials would run
@@ -193,7 +185,7 @@ def test_corrupt_store_exit_2_before_any_trial(base_toml, tmp_path, capsys):
     data[2 * 4096 : 3 * 4096] = os.urandom(4096)  # one page of the database
     store.write_bytes(bytes(data))
     for args in (["run", str(spec), "--store", str(store)], ["report", str(store)]):
-        _expect_exit_2(args, capsys, str(store), "corrupt")
+        cli_exit_2(args, capsys, str(store), "corrupt")
         assert store.read_bytes() == bytes(data)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.db", "s.toml"]
 
@@ -204,7 +196,7 @@ def test_empty_store_exit_2(base_toml, tmp_path, capsys):
     store = tmp_path / "r.db"
     store.touch()
     for args in (["run", str(spec), "--store", str(store)], ["report", str(store)]):
-        _expect_exit_2(args, capsys, str(store), "empty file (0 bytes)")
+        cli_exit_2(args, capsys, str(store), "empty file (0 bytes)")
     assert store.stat().st_size == 0
 
 
@@ -236,7 +228,7 @@ def test_read_only_store_exit_2_before_any_trial(base_toml, tmp_path, capsys, wh
     _populated_store(store, base_toml)
     before = store.read_bytes()
     with _read_only(store if what == "file" else folder):
-        _expect_exit_2(
+        cli_exit_2(
             ["run", str(spec), "--store", str(store), "--no-report"], capsys, str(store), "writ"
         )
         # a report only reads: it works on a read-only store
@@ -251,7 +243,7 @@ def test_new_store_in_read_only_folder_exit_2(base_toml, tmp_path, capsys):
     folder = tmp_path / "ro"
     folder.mkdir()
     with _read_only(folder):
-        _expect_exit_2(["run", str(spec), "--store", str(folder / "r.db")], capsys, "cannot create")
+        cli_exit_2(["run", str(spec), "--store", str(folder / "r.db")], capsys, "cannot create")
     assert list(folder.iterdir()) == []
 
 
