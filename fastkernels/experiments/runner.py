@@ -16,13 +16,19 @@ each requesting :data:`RAY_CPUS_PER_TRIAL` CPUs (and one GPU for ``device="cuda"
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import logging
 import math
+import multiprocessing
 import os
 import platform
+import site
+import socket
 import sys
+import threading
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -639,16 +645,11 @@ class _TrialProcess:
     """
 
     def __init__(self):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         if "forkserver" in methods:
             # Imported once by the server; every trial process is a fork of it.
             ctx.set_forkserver_preload(list(_PRELOAD))
-        import os
-
         me = os.getpid()
         self._pool = ProcessPoolExecutor(
             max_workers=1,
@@ -705,8 +706,6 @@ def _worker_init(parent_pid: int, parent_start: str | None) -> None:
     that tells the server its client is alive: without this watch a SIGKILLed sweep would leave
     the server and its trial process running for good.
     """
-    import os
-    import threading
 
     def watch():
         while process_alive(parent_pid, parent_start):
@@ -736,8 +735,6 @@ class _Heartbeat:
     """
 
     def __init__(self, path: Path, owner: Owner, every_s: float = CLAIM_TTL_S / 5):
-        import threading
-
         self._path, self._owner, self._every = path, owner, every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -855,9 +852,7 @@ class _RaySession:
                 f"device 'cuda' asks for {self.gpus} GPU per trial, but no node of {self.where} "
                 f"has one ({total:g} GPUs in the cluster)"
             )
-        if not any(
-            r.get("CPU", 0) >= self.cpus and r.get("GPU", 0) >= self.gpus for r in nodes
-        ):
+        if not any(r.get("CPU", 0) >= self.cpus and r.get("GPU", 0) >= self.gpus for r in nodes):
             most = max((r.get("CPU", 0) for r in nodes), default=0)
             raise ValueError(
                 f"each trial asks for {self.cpus} CPUs (cpus per trial), but the largest node of "
@@ -917,8 +912,6 @@ def _ray_connect(ray, address: str | None, where: str, runtime_env: dict | None)
 
 
 def _check_reachable(address: str) -> None:
-    import socket
-
     target = address
     if address == "auto":
         # The cluster `ray start` last ran on this machine (Ray's own lookup; private, hence
@@ -959,8 +952,6 @@ def _check_reachable(address: str) -> None:
 def _code_paths() -> list[str]:
     """Folders of this process's ``sys.path`` that are not part of the Python installation
     (stdlib, site-packages): the checkout, test folders, a plugin's folder."""
-    import site
-
     installed = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     installed = {os.path.abspath(p) for p in installed}
     site_dirs = {os.path.abspath(p) for p in site.getsitepackages()}
@@ -983,9 +974,8 @@ def _code_env() -> dict:
 
 
 def _package_file() -> str:
-    import fastkernels
-
-    return os.path.realpath(fastkernels.__file__)
+    """This process's ``fastkernels/__init__.py``."""
+    return os.path.realpath(os.path.join(os.path.dirname(__file__), os.pardir, "__init__.py"))
 
 
 def _with_package(env: dict) -> dict:
@@ -1052,8 +1042,6 @@ def _ray_trial_in_process(config: dict, device: str, entry, threads: int) -> dic
 
 def _ray_trial_in_worker(config: dict, device: str, entry, threads: int) -> dict:
     """Ray task (CUDA trials, one fresh worker each): the trial in the worker itself."""
-    import importlib
-
     for module in _PRELOAD:  # imported before the fit is measured, as in the trial processes
         importlib.import_module(module)
     return _worker_trial(config, device, entry, threads)
