@@ -520,7 +520,7 @@ class _Pair(Kernel):
         return self.k1._learnable() or self.k2._learnable()
 
     def __call__(self, x1, x2=None) -> Tensor:
-        x1, x2 = self._check_inputs(x1, x2, where=type(self).__name__)
+        # Each part checks the inputs (its messages name it); no third scan here.
         return self._combine(self.k1(x1, x2), self.k2(x1, x2))
 
     def diag(self, x) -> Tensor:
@@ -568,7 +568,7 @@ class Product(_Pair):
             blocks = []
             for i0 in range(0, x1.shape[0], rows):
                 xi = x1[i0 : i0 + rows]
-                blk = self(xi, x2)
+                blk = self._combine(self.k1(xi, x2), self.k2(xi, x2))
                 if x1 is x2:
                     # The block's self-pairs sit on a shifted diagonal that a Gram of two
                     # different tensors cannot see: they come from the parts' exact diagonals.

@@ -190,10 +190,8 @@ class KernelProduct:
     def __call__(self, x1: Tensor, x2: Tensor, v: Tensor, diag_offset: int | None = None):
         """``K(x1, x2) @ v`` for x1 (N, D), x2 (M, D), v (M, T); result (N, T).
 
-        ``diag_offset`` as for :func:`gram`; None with ``x1 is x2`` means 0.
+        ``diag_offset`` as for :func:`gram` (None with ``x1 is x2`` means 0, in the op).
         """
-        if diag_offset is None and x1 is x2:
-            diag_offset = 0
         return self._fn(x1, x2, v, self.kernel, self.params, diag_offset)
 
     def gram(self, x1: Tensor, x2: Tensor, diag_offset: int | None = None) -> Tensor:

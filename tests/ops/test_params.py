@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from helpers import randn
+from helpers import randn, rel_err
 
 from fastkernels import ops
 from fastkernels.ops._common import LAYOUT, unpack_params
@@ -68,5 +68,6 @@ def test_cpp_accepts_the_layout_of_the_definition(kernel):
         "linear": [],
     }.get(kernel, [0.5])
     unpack_params(OP, kernel, valid)
-    x = randn(3, 2)
-    assert torch.ops.fastkernels.gram(x, x, kernel, valid, None).shape == (3, 3)
+    x1, x2 = randn(3, 2, seed=1), randn(4, 2, seed=2)
+    got = torch.ops.fastkernels.gram(x1, x2, kernel, valid, None)
+    assert rel_err(got, ops.gram_reference(x1, x2, kernel, valid)) < 1e-12
