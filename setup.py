@@ -40,12 +40,20 @@ def _extensions():
         "csrc/dense_mv.cpp",
         "csrc/ntk_gram.cpp",
         "csrc/ntk_mv.cpp",
+        "csrc/resnet_fwd.cpp",
+        "csrc/resnet_bwd.cpp",
+        "csrc/resnet_sgd.cpp",
     ]
     ext = CppExtension(
         "fastkernels._C",
         sources,
         # Headers and the per-ISA body: an edit there alone must rebuild the extension too.
-        depends=["csrc/kernel_common.h", "csrc/ntk_common.h", "csrc/epilogue_body.inc"],
+        depends=[
+            "csrc/kernel_common.h",
+            "csrc/ntk_common.h",
+            "csrc/epilogue_body.inc",
+            "csrc/resnet_common.h",
+        ],
         # -fno-math-errno / -fno-trapping-math let sqrt and selects vectorise (as in torch);
         # OpenMP for at::parallel_for and `omp simd`.
         extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"],

@@ -87,3 +87,34 @@ def pykeops_or_skip():
     except Exception as exc:  # ImportError, or a broken install failing at import
         pytest.skip(f"pykeops unavailable: {type(exc).__name__}: {exc}")
     return pkt
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """A rate table beside pytest-benchmark's times: GFLOP/s (and steps/s where a benchmark
+    records ``steps``) at the median time, for every benchmark whose ``extra_info`` has
+    ``flop``, with each provider's speed-up over the others of its group."""
+    session = getattr(config, "_benchmarksession", None)
+    rows = [
+        b for b in getattr(session, "benchmarks", []) or []
+        if b.extra_info.get("flop") and getattr(b, "stats", None) is not None
+    ]  # fmt: skip
+    if not rows:
+        return
+    tr = terminalreporter
+    tr.section("rates at the median time")
+    groups: dict[str, list] = {}
+    for b in rows:
+        groups.setdefault(b.group or "", []).append(b)
+    for group, members in groups.items():
+        tr.write_line(group)
+        best = min(b.stats.median for b in members)
+        for b in sorted(members, key=lambda b: b.stats.median):
+            median = b.stats.median
+            line = (
+                f"  {b.name:<60} {median * 1e3:10.3f} ms  "
+                f"{b.extra_info['flop'] / median / 1e9:8.1f} GFLOP/s"
+            )
+            if b.extra_info.get("steps"):
+                line += f"  {b.extra_info['steps'] / median:10.0f} steps/s"
+            line += f"  {median / best:6.2f}x the fastest"
+            tr.write_line(line)

@@ -32,14 +32,27 @@ from ._keops import BACKENDS, KEOPS_KERNELS, check_backend
 from ._keops import check_expressible as check_keops_expressible
 from ._keops import kernel_mv as keops_kernel_mv
 from ._keops import pykeops_torch as require_keops
+from ._resnet_common import PARAMS as RESNET_PARAMS
 from .gram import gram_reference
 from .kernel_mv import kernel_mv_reference
 from .kernel_normal_mv import kernel_normal_mv_reference
 from .ntk_gram import ntk_gram, ntk_gram_reference
 from .ntk_mv import ntk_mv, ntk_mv_reference
+from .resnet_bwd import resnet_bwd, resnet_bwd_reference
+from .resnet_fwd import resnet_fwd, resnet_fwd_reference
+from .resnet_sgd import resnet_sgd, resnet_sgd_reference
 
 # The op names; each has its file (fastkernels/ops/<name>.py) with IMPLEMENTATIONS.
-OPS = ("gram", "kernel_mv", "kernel_normal_mv", "ntk_gram", "ntk_mv")
+OPS = (
+    "gram",
+    "kernel_mv",
+    "kernel_normal_mv",
+    "ntk_gram",
+    "ntk_mv",
+    "resnet_fwd",
+    "resnet_bwd",
+    "resnet_sgd",
+)
 
 __all__ = [
     "OPS",
@@ -53,6 +66,13 @@ __all__ = [
     "kernel_normal_mv_reference",
     "ntk_gram_reference",
     "ntk_mv_reference",
+    "resnet_fwd",
+    "resnet_bwd",
+    "resnet_sgd",
+    "resnet_fwd_reference",
+    "resnet_bwd_reference",
+    "resnet_sgd_reference",
+    "RESNET_PARAMS",
     "pack_params",
     "unpack_params",
     "KERNEL_NAMES",
@@ -112,8 +132,9 @@ def _load_triton() -> bool:
 
     for name in OPS:
         module = sys.modules[f"{__name__}.{name}"]
-        launcher = getattr(_triton, module.IMPLEMENTATIONS["cuda"])
-        getattr(module, name).register_kernel("cuda")(launcher)
+        if "cuda" in module.IMPLEMENTATIONS:
+            launcher = getattr(_triton, module.IMPLEMENTATIONS["cuda"])
+            getattr(module, name).register_kernel("cuda")(launcher)
     return True
 
 

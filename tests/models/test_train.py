@@ -285,3 +285,62 @@ def test_phase_epoch_mismatch():
     net = StackedNet("3layer", 3, 4, 1, n_models=1, generator=gen(0), dtype=F64)
     with pytest.raises(ValueError, match="phases"):
         train_sgd(net, randn(4, 3), randn(4, 1), params=[["W"], ["U"]], lr=0.1, epochs=[1, 2, 3])
+
+
+# -- the fused op against eager training, float32 at the benchmark's size -------------------
+
+
+@pytest.mark.parametrize("arch,block", CONFIGS, ids=CONFIG_IDS)
+def test_float32_loss_curve_equals_eager_loop_after_ten_epochs(arch, block):
+    # The benchmark's network (d 30, width 256, k 8, N 1000, batch 50) trained 10 epochs in
+    # float32 by train_sgd (the fused op) and by torch.optim.SGD on an eager network, same init
+    # and order: the loss curves agree to 1e-3 relative, epoch by epoch.
+    net = StackedNet(arch, 30, 256, 8, n_models=1, block=block, generator=gen(31))
+    X = randn(1000, 30, seed=32, dtype=torch.float32)
+    Y = randn(1000, 8, seed=33, dtype=torch.float32)
+    names = net.parameter_names("hidden")
+    ref = copy.deepcopy(net)
+    hist = train_sgd(
+        net, X, Y, params=names, lr=0.01, weight_decay=1e-4, batch_size=50, epochs=10,
+        lr_drop=0.5, generator=gen(34),
+    )  # fmt: skip
+    _, ref_hist = reference_sgd(
+        ref, X, Y, names, [0.01], [1e-4], momentum=0.9, batch_size=50, epochs=10, drop_at=5,
+        seed=34,
+    )  # fmt: skip
+    got, want = torch.tensor(hist, dtype=F64), torch.tensor(ref_hist[0], dtype=F64)
+    assert want[-1] < 0.9 * want[0]  # it trains
+    assert ((got - want).abs() / want).max() < 1e-3
+
+
+def test_per_member_generators_equal_separate_runs():
+    # Seeds trained together: each member its own data and order equals its run alone.
+    d, m, k, E, N = 4, 6, 2, 3, 11
+    net = StackedNet("3resnet", d, m, k, n_models=E, generator=gen(40), dtype=F64)
+    X, Y = randn(E, N, d, seed=41), randn(E, N, k, seed=42)
+    kw = dict(params=["W", "b1", "U", "b2"], momentum=0.9, batch_size=4, epochs=3, lr_drop=0.5)
+    alone = [_single(net, e) for e in range(E)]
+    losses = train_sgd(
+        net,
+        X,
+        Y,
+        lr=0.05,
+        weight_decay=1e-3,
+        generator=[gen(50 + e) for e in range(E)],
+        per_member=True,
+        **kw,
+    )
+    assert losses.shape == (3, E)
+    for e in range(E):
+        h = train_sgd(alone[e], X[e], Y[e], lr=0.05, weight_decay=1e-3, generator=gen(50 + e),
+                      **kw)  # fmt: skip
+        torch.testing.assert_close(losses[:, e], torch.tensor(h, dtype=F64), rtol=1e-12, atol=0)
+        for n, t in alone[e].named_parameters():
+            torch.testing.assert_close(getattr(net, n)[e : e + 1], t, rtol=1e-12, atol=1e-12)
+
+
+def test_bad_generator_count():
+    net = StackedNet("2layer", 2, 3, 1, n_models=2, dtype=F64)
+    with pytest.raises(ValueError, match="generator must be one generator or 2, got 3"):
+        train_sgd(net, randn(4, 2), randn(4, 1), params=["W"], lr=0.1, epochs=1,
+                  generator=[gen(0)] * 3)  # fmt: skip

@@ -150,7 +150,16 @@ TILES = {
     "ntk_mv": dict(_TILES, block_t=16),
 }
 # Positional arguments of each op (gram and kernel_mv end with an optional diag_offset).
-ARITY = {"gram": 5, "kernel_mv": 6, "kernel_normal_mv": 5, "ntk_gram": 4, "ntk_mv": 5}
+ARITY = {
+    "gram": 5,
+    "kernel_mv": 6,
+    "kernel_normal_mv": 5,
+    "ntk_gram": 4,
+    "ntk_mv": 5,
+    "resnet_fwd": 7,
+    "resnet_bwd": 9,
+    "resnet_sgd": 13,
+}
 
 
 def _missing(module):
