@@ -10,7 +10,7 @@ turns a store into ``report.md`` and plots.
 from ._validate import SpecError
 from .presets import list_presets, preset_names
 from .report import summary_table, write_report
-from .runner import SweepResult, TrialError, run_sweep, run_trial
+from .runner import SweepResult, TrialError, run_sweep, run_trial, run_trials
 from .spec import LearnerSpec, SweepSpec, Trial, load_spec, parse_spec
 from .store import ResultsStore, StoreError
 from .trials import expand, trial_key
@@ -31,6 +31,7 @@ __all__ = [
     "expand",
     "trial_key",
     "run_trial",
+    "run_trials",
     "run_sweep",
     "write_report",
     "summary_table",

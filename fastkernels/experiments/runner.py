@@ -212,6 +212,47 @@ def run_trial(config: dict, device: str = "cpu") -> dict:
     Warnings raised while fitting are recorded in ``status["warnings"]`` (they belong to the
     row) instead of being printed into the sweep's progress bar.
     """
+    return run_trials([config], device)[0]
+
+
+def run_trials(configs: list[dict], device: str = "cpu") -> list[dict]:
+    """Run trials that differ only in their seed; one result per config, as :func:`run_trial`.
+
+    A learner class with a ``fit_together(estimators, datasets)`` function (the networks) fits
+    the trials' estimators together, as one stacked ensemble; each still gets its own data,
+    init, order, selection and status. Otherwise the trials run one after the other. With
+    several trials fitted together, ``fit_time_s`` is the joint fit's wall time divided by the
+    number of trials and ``peak_rss_mib`` the joint fit's peak; ``status["fitted_with"]`` says
+    how many trials shared the fit.
+    """
+    from ..learners import LEARNERS
+
+    if not configs:
+        return []
+    together = getattr(LEARNERS.get(configs[0]["learner"]["type"]), "fit_together", None)
+    if len(configs) == 1 or together is None:
+        return [_run_prepared([_prepare_trial(c, device)])[0] for c in configs]
+    return _run_prepared([_prepare_trial(c, device) for c in configs], together)
+
+
+@dataclass
+class _Prepared:
+    """A trial ready to fit: its data (on the fit's device) and its estimator."""
+
+    config: dict
+    t0: float
+    concept: Any
+    X: torch.Tensor
+    Y: torch.Tensor
+    Yt: torch.Tensor
+    Xf: torch.Tensor
+    Yf: torch.Tensor
+    Xtf: torch.Tensor
+    select: bool
+    est: Any
+
+
+def _prepare_trial(config: dict, device: str) -> _Prepared:
     from ..concepts import make_concept
     from ..learners import learner_params, make_learner
 
@@ -239,36 +280,67 @@ def run_trial(config: dict, device: str = "cpu") -> dict:
     # trial is reproducible from its config alone.
     torch.manual_seed(seed)
     est = make_learner(ltype, **params)
+    select = params.get("selection") == "test"
+    return _Prepared(config, t0, concept, X, Y, Yt, Xf, Yf, Xtf, select, est)
+
+
+def _fit_args(p: _Prepared) -> tuple:
+    # selection="test": the paper's practice, reproduced on request: hyperparameters chosen by
+    # test error. The learner records selection="test" in its hparams, so the row says so.
+    return (p.Xf, p.Yf, p.Xtf, p.Yt.to(p.Xtf.device)) if p.select else (p.Xf, p.Yf)
+
+
+def _run_prepared(trials: list[_Prepared], together=None) -> list[dict]:
+    """Fit (jointly with ``together``, else the single trial) and evaluate every trial."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if params.get("selection") == "test":
-            # The paper's practice, reproduced on request: hyperparameters chosen by test
-            # error. The learner records selection="test" in its hparams, so the row says so.
-            Ytf = Yt.to(Xtf.device)
-            _, fit_s, fit_peak = measure(lambda: est.fit(Xf, Yf, Xtf, Ytf))
+        if together is None:
+            (p,) = trials
+            _, fit_s, fit_peak = measure(lambda: p.est.fit(*_fit_args(p)))
         else:
-            _, fit_s, fit_peak = measure(lambda: est.fit(Xf, Yf))
-        label = config["learner"].get("label", ltype)
-        test_error = _squared_error(est.predict(Xtf), Yt, f"{label}.predict")
-        train_error = _squared_error(est.predict(Xf), Y, f"{label}.predict")
-    messages = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
-    hparams = dict(getattr(est, "hparams_", None) or {})
-    status, flags = fit_status(est, test_error, train_error, messages)
-    return {
-        "test_error": test_error,
-        "train_error": train_error,
-        "zero_error": float(Yt.to(torch.float64).pow(2).sum(dim=1).mean()),
-        "threshold": float(concept.threshold),
-        "k": int(concept.k),
-        "hparams": _jsonable(hparams),
-        "status": _jsonable(status),
-        "flags": flags,
-        "fit_time_s": fit_s,
-        "peak_rss_mib": fit_peak,
-        "wall_time_s": time.perf_counter() - t0,
-        "versions": versions(),
-        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+            _, fit_s, fit_peak = measure(
+                lambda: together([p.est for p in trials], [_fit_args(p) for p in trials])
+            )
+            fit_s /= len(trials)
+        results = []
+        for p in trials:
+            label = p.config["learner"].get("label", p.config["learner"]["type"])
+            with warnings.catch_warnings(record=True) as own:
+                warnings.simplefilter("always")
+                test_error = _squared_error(p.est.predict(p.Xtf), p.Yt, f"{label}.predict")
+                train_error = _squared_error(p.est.predict(p.Xf), p.Y, f"{label}.predict")
+            results.append((p, test_error, train_error, own))
+    out = []
+    for p, test_error, train_error, own in results:
+        # A joint fit's warnings name no trial: each trial keeps those of its own estimator
+        # (fit_messages_) and of its own predictions.
+        fit_msgs = getattr(p.est, "fit_messages_", None) if together is not None else None
+        raw = (caught if fit_msgs is None else []) + own
+        messages = list(fit_msgs or []) + [str(w.message) for w in raw]
+        messages = list(dict.fromkeys(" ".join(m.split()) for m in messages))
+        hparams = dict(getattr(p.est, "hparams_", None) or {})
+        status, flags = fit_status(p.est, test_error, train_error, messages)
+        if together is not None:
+            status["fitted_with"] = len(trials)
+        concept = p.concept
+        out.append(
+            {
+                "test_error": test_error,
+                "train_error": train_error,
+                "zero_error": float(p.Yt.to(torch.float64).pow(2).sum(dim=1).mean()),
+                "threshold": float(concept.threshold),
+                "k": int(concept.k),
+                "hparams": _jsonable(hparams),
+                "status": _jsonable(status),
+                "flags": flags,
+                "fit_time_s": fit_s,
+                "peak_rss_mib": fit_peak,
+                "wall_time_s": time.perf_counter() - p.t0,
+                "versions": versions(),
+                "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+    return out
 
 
 def fit_status(est, test_error: float, train_error: float, messages=()) -> tuple[dict, list]:
@@ -601,36 +673,95 @@ class _RunContext:
         time.sleep(self.poll_s)
 
 
+def _seedless(config: dict) -> str:
+    """A trial's config without its seed: trials equal in it differ only in their seed."""
+    from .trials import canonical_json
+
+    c = {**config, "seed": None}
+    c["concept"] = {**config["concept"], "params": {**config["concept"]["params"], "seed": None}}
+    return canonical_json(c)
+
+
+def jobs(trials: list[Trial]) -> list[list[Trial]]:
+    """The units of work: trials of a learner that fits seeds together (a ``fit_together`` on
+    its class, the networks) that differ only in their seed form one job, up to the learner's
+    ``fit_together_limit`` per job; every other trial is a job of its own. Order: that of each
+    job's first trial."""
+    from ..learners import LEARNERS, make_learner
+
+    out: list[list[Trial]] = []
+    open_jobs: dict[str, list[Trial]] = {}
+    limits: dict[str, int] = {}
+    for t in trials:
+        cls = LEARNERS.get(t.learner_type)
+        if getattr(cls, "fit_together", None) is None:
+            out.append([t])
+            continue
+        key = _seedless(t.config)
+        if key not in limits:
+            limits[key] = 1
+            limit = getattr(cls, "fit_together_limit", None)
+            if limit is not None:
+                try:
+                    est = make_learner(t.learner_type, **t.config["learner"]["params"])
+                    concept = t.config["concept"]["params"]
+                    limits[key] = est.fit_together_limit(
+                        int(concept.get("d", 1)), int(concept.get("k", 1))
+                    )
+                except Exception:  # noqa: BLE001 - the trial reports its own error when run
+                    limits[key] = 1
+        job = open_jobs.get(key)
+        if job is None or len(job) >= limits[key]:
+            job = open_jobs[key] = []
+            out.append(job)
+        job.append(t)
+    return out
+
+
 def _run_local(ctx: _RunContext, todo: list[Trial], isolation: str) -> None:
     worker = _TrialProcess() if isolation == "process" else None
     try:
         pending = list(todo)
         while pending:
             waiting = []
-            for trial in pending:
-                state = ctx.claim(trial)
-                if state == "busy":
-                    waiting.append(trial)
-                if state != "claimed":
+            for job in jobs(pending):
+                claimed = []
+                for trial in job:
+                    state = ctx.claim(trial)
+                    if state == "busy":
+                        waiting.append(trial)
+                    if state == "claimed":
+                        claimed.append(trial)
+                if not claimed:
                     continue
-                ctx.bar.set_postfix_str(_describe(trial), refresh=True)
+                ctx.bar.set_postfix_str(_describe_job(claimed), refresh=True)
+                configs = [t.config for t in claimed]
                 try:
                     if worker is None:
-                        result = run_trial(trial.config, ctx.device)
+                        results = run_trials(configs, ctx.device)
                     else:
-                        result = worker.run(trial.config, ctx.device)
+                        results = worker.run(configs, ctx.device)
                 except BaseException as exc:
-                    ctx.release(trial)
+                    for trial in claimed:
+                        ctx.release(trial)
                     if isinstance(exc, Exception):
-                        raise TrialError(trial, exc) from exc
+                        raise TrialError(claimed[0], exc) from exc
                     raise
-                ctx.finished(trial, result)
+                for trial, result in zip(claimed, results):
+                    ctx.finished(trial, result)
             pending = waiting
             if pending:
                 ctx.wait(pending)
     finally:
         if worker is not None:
             worker.close()
+
+
+def _describe_job(job: list[Trial]) -> str:
+    if len(job) == 1:
+        return _describe(job[0])
+    seeds = ",".join(str(t.seed) for t in job)
+    return _describe(job[0]).replace(f"seed={job[0].seed}", f"seeds={seeds}")
 
 
 _OWN_ENTRY = object()
@@ -659,15 +790,18 @@ class _TrialProcess:
             initargs=(me, _process_start(me)),
         )
 
-    def run(self, config: dict, device: str, entry=_OWN_ENTRY, threads: int | None = None) -> dict:
-        """Run one trial in a fresh process; ``entry``: the learner's registry entry (default:
-        this process's), ``threads``: torch threads of the trial (default: torch's)."""
+    def run(self, config, device: str, entry=_OWN_ENTRY, threads: int | None = None):
+        """Run one trial (a config: its result) or one job (a list of configs differing only
+        in seed: their results, :func:`run_trials`) in a fresh process; ``entry``: the
+        learner's registry entry (default: this process's), ``threads``: torch threads of the
+        trial (default: torch's)."""
         from concurrent.futures.process import BrokenProcessPool
 
         if entry is _OWN_ENTRY:
             from ..learners import LEARNERS
 
-            entry = LEARNERS.get(config["learner"]["type"])
+            first = config[0] if isinstance(config, list) else config
+            entry = LEARNERS.get(first["learner"]["type"])
         try:
             return self._pool.submit(_worker_trial, config, device, entry, threads).result()
         except BrokenProcessPool:
@@ -715,15 +849,18 @@ def _worker_init(parent_pid: int, parent_start: str | None) -> None:
     threading.Thread(target=watch, name="fastkernels-parent-watch", daemon=True).start()
 
 
-def _worker_trial(config: dict, device: str, entry, threads: int | None = None) -> dict:
+def _worker_trial(config, device: str, entry, threads: int | None = None):
+    """One trial (a config) or one job (a list of configs, :func:`run_trials`)."""
+    configs = config if isinstance(config, list) else [config]
     if entry is not None:
         # The parent's registry entry (a learner registered at run time, e.g. by a plugin).
         from ..learners import LEARNERS
 
-        LEARNERS[config["learner"]["type"]] = entry
+        LEARNERS[configs[0]["learner"]["type"]] = entry
     if threads is not None:
         torch.set_num_threads(threads)
-    return run_trial(config, device)
+    results = run_trials(configs, device)
+    return results if isinstance(config, list) else results[0]
 
 
 class _Heartbeat:
@@ -869,13 +1006,15 @@ class _RaySession:
             n += fit
         return max(n, 1)
 
-    def submit(self, trial: Trial):
+    def submit(self, job: list[Trial]):
+        """One task for the job (trials differing only in seed, :func:`jobs`); its result is
+        the list of the trials' results."""
         from ..learners import LEARNERS
 
         # The registry entry travels with the task (as to local trial processes), so learners
         # registered at run time (plugins, tests) exist in the workers too.
-        entry = LEARNERS.get(trial.learner_type)
-        return self._remote.remote(trial.config, self.device, entry, self.cpus)
+        entry = LEARNERS.get(job[0].learner_type)
+        return self._remote.remote([t.config for t in job], self.device, entry, self.cpus)
 
     def close(self) -> None:
         if self.started:
@@ -1025,7 +1164,7 @@ def _probe_fastkernels(ray, env: dict | None, where: str, timeout_s: float = 120
 _RAY_TRIALS: _TrialProcess | None = None
 
 
-def _ray_trial_in_process(config: dict, device: str, entry, threads: int) -> dict:
+def _ray_trial_in_process(config, device: str, entry, threads: int):
     """Ray task (CPU trials): run the trial in a fresh process forked from this worker's
     preloaded server, so that its peak memory is its own and the worker, reused by Ray, pays
     the imports once."""
@@ -1040,7 +1179,7 @@ def _ray_trial_in_process(config: dict, device: str, entry, threads: int) -> dic
         raise
 
 
-def _ray_trial_in_worker(config: dict, device: str, entry, threads: int) -> dict:
+def _ray_trial_in_worker(config, device: str, entry, threads: int):
     """Ray task (CUDA trials, one fresh worker each): the trial in the worker itself."""
     for module in _PRELOAD:  # imported before the fit is measured, as in the trial processes
         importlib.import_module(module)
@@ -1050,48 +1189,56 @@ def _ray_trial_in_worker(config: dict, device: str, entry, threads: int) -> dict
 def _run_ray(session: _RaySession, ctx: _RunContext, todo: list[Trial]) -> None:
     ray = session.ray
     waiting = list(todo)
-    pending: dict = {}
+    pending: dict = {}  # task -> its job (the trials it runs)
     try:
         while waiting or pending:
             # Claim and submit only what keeps the cluster busy: the rest stays free for other
             # processes sharing the store.
             room = 2 * session.capacity() - len(pending)
             still = []
-            for trial in waiting:
+            for job in jobs(waiting):
                 if room <= 0:
-                    still.append(trial)
+                    still.extend(job)
                     continue
-                state = ctx.claim(trial)
-                if state == "claimed":
-                    pending[session.submit(trial)] = trial
+                claimed = []
+                for trial in job:
+                    state = ctx.claim(trial)
+                    if state == "claimed":
+                        claimed.append(trial)
+                    elif state == "busy":
+                        still.append(trial)
+                if claimed:
+                    pending[session.submit(claimed)] = claimed
                     room -= 1
-                elif state == "busy":
-                    still.append(trial)
             waiting = still
             if not pending:
                 if waiting:
                     ctx.wait(waiting)
                 continue
-            ctx.bar.set_postfix_str(f"{len(pending)} trials submitted to Ray", refresh=False)
+            ctx.bar.set_postfix_str(f"{len(pending)} jobs submitted to Ray", refresh=False)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=ctx.poll_s)
             for ref in ready:
-                trial = pending.pop(ref)
+                job = pending.pop(ref)
                 try:
-                    result = ray.get(ref)
+                    results = ray.get(ref)
                 except Exception as exc:
                     _store_finished(ray, pending, ctx)
+                    for trial in job:
+                        ctx.release(trial)
                     # Ray's task error also inherits from the original exception class; its
                     # `cause` is the original exception, whose message is the readable one.
                     cause = getattr(exc, "cause", None)
                     raise TrialError(
-                        trial, cause if isinstance(cause, BaseException) else exc
+                        job[0], cause if isinstance(cause, BaseException) else exc
                     ) from exc
-                ctx.finished(trial, result)
+                for trial, result in zip(job, results):
+                    ctx.finished(trial, result)
     finally:
-        for ref, trial in pending.items():
+        for ref, job in pending.items():
             # force: the worker process goes, and with it the trial process it forked.
             ray.cancel(ref, force=True)
-            ctx.release(trial)
+            for trial in job:
+                ctx.release(trial)
 
 
 def _store_finished(ray, pending, ctx) -> None:
@@ -1100,8 +1247,10 @@ def _store_finished(ray, pending, ctx) -> None:
         return
     ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
     for ref in ready:
-        trial = pending.pop(ref)
+        job = pending.pop(ref)
         try:
-            ctx.finished(trial, ray.get(ref))
+            for trial, result in zip(job, ray.get(ref)):
+                ctx.finished(trial, result)
         except Exception:  # noqa: S110 - the first failure is the one reported
-            ctx.release(trial)
+            for trial in job:
+                ctx.release(trial)

@@ -127,6 +127,8 @@ class ResNetRegressor(BaseRegressor):
         Training loss per epoch of the final fit.
     search_results_ : list of dict
         Every grid point with its selection error (after a search).
+    fit_messages_ : list of str
+        The texts of the warnings the fit raised (grid edge, divergence).
     n_iter_ : int
         SGD epochs of the returned network's training (both phases of the layer-wise recipe;
         the final refit after a validation search).
@@ -270,20 +272,58 @@ class ResNetRegressor(BaseRegressor):
                 )
         return [(float(a), float(b)) for a, b in itertools.product(lrs, wds)]
 
+    # -- several seeds at once -----------------------------------------------------------------
+    @staticmethod
+    def fit_together(estimators, datasets):
+        """Fit estimators that differ only in ``random_state`` as one stacked ensemble
+        (:func:`fastkernels.learners.resnet.fit_together`)."""
+        return fit_together(estimators, datasets)
+
+    def fit_together_limit(self, n_features: int, n_outputs: int, budget_mib: float = 2048) -> int:
+        """How many such estimators one joint fit may hold: their grid members' weights and
+        momentum buffers (two copies of every parameter) within ``budget_mib``; at least 1."""
+        s = self._settings()
+        d, m, k = n_features, self.width, n_outputs
+        per_member = d * m + m + m * m + m + k * m + m * (k + 1)  # an upper bound, any arch
+        size = torch.tensor([], dtype=s["dtype"]).element_size()
+        member_mib = 2 * per_member * size / 2**20
+        return max(1, int(budget_mib // (member_mib * len(s["grid"]))))
+
     # -- training -----------------------------------------------------------------------------
     def _train(self, s, X, Y, grid, seed) -> tuple[StackedNet, list[float]]:
-        g = torch.Generator().manual_seed(int(seed))
-        net = StackedNet(
-            self.arch,
-            X.shape[1],
-            self.width,
-            Y.shape[1],
-            n_models=len(grid),
-            block=s["block"],
-            generator=g,
-            dtype=s["dtype"],
-            device=X.device,
-        )
+        return self._train_group(s, [(X, Y)], [grid], [seed])[0]
+
+    def _train_group(self, s, data, grids, seeds) -> list[tuple[StackedNet, list[float]]]:
+        """Train one grid ensemble per (data, grid, seed) entry, all as one stacked ensemble.
+
+        Entry j gives what training it alone would: its network is initialised from its own
+        generator (seeded by ``seeds[j]``), which then draws its mini-batch orders, shared by
+        the entry's grid members; members see their entry's data (same N for every entry).
+        Returns (network, per-epoch loss averaged over the entry's members) per entry.
+        """
+        nets, gens = [], []
+        for (X, _), grid, seed in zip(data, grids, seeds):
+            g = torch.Generator().manual_seed(int(seed))
+            nets.append(
+                StackedNet(
+                    self.arch,
+                    X.shape[1],
+                    self.width,
+                    data[0][1].shape[1],
+                    n_models=len(grid),
+                    block=s["block"],
+                    generator=g,
+                    dtype=s["dtype"],
+                    device=X.device,
+                )
+            )
+            gens.append(g)
+        net = nets[0] if len(nets) == 1 else StackedNet.stack(nets)
+        if len(data) == 1:
+            X, Y = data[0]
+        else:  # each member its entry's data: (E, N, d), (E, N, k)
+            X = torch.cat([x.expand(len(grid), *x.shape) for (x, _), grid in zip(data, grids)])
+            Y = torch.cat([y.expand(len(grid), *y.shape) for (_, y), grid in zip(data, grids)])
         names = net.parameter_names(self.trainable)
         epochs = s["epochs"]
         if self.recipe == "layerwise":
@@ -292,7 +332,7 @@ class ResNetRegressor(BaseRegressor):
             params, epochs = [first, second], [max(1, epochs // 2), max(1, epochs - epochs // 2)]
         else:
             params = names
-        lrs = torch.tensor([lr for lr, _ in grid], dtype=torch.float64)
+        lrs = torch.tensor([lr for grid in grids for lr, _ in grid], dtype=torch.float64)
         lr_scale = {}
         if self.lr_second is not None:
             for n in ("U", "b2", "V"):
@@ -307,17 +347,24 @@ class ResNetRegressor(BaseRegressor):
             Y,
             params=params,
             lr=lrs,
-            weight_decay=[wd for _, wd in grid],
+            weight_decay=[wd for grid in grids for _, wd in grid],
             momentum=s["momentum"],
             batch_size=s["batch_size"],
             epochs=epochs,
             lr_drop=s["lr_drop"],
             lr_scale=lr_scale,
-            generator=g,
+            generator=gens[0] if len(gens) == 1 else gens,
             progress=self.verbose,
             desc=f"{self.arch} ({self.trainable})",
+            per_member=True,
         )
-        return net, history
+        out, start = [], 0
+        for grid in grids:
+            stop = start + len(grid)
+            own = net if len(nets) == 1 else net.members(range(start, stop))
+            out.append((own, history[:, start:stop].mean(dim=1).tolist()))
+            start = stop
+        return out
 
     @staticmethod
     def _member_errors(net, X, Y) -> list[float]:
@@ -351,38 +398,15 @@ class ResNetRegressor(BaseRegressor):
         GridEdgeWarning
             The search chose the smallest or largest ``lr`` or ``weight_decay`` of the grid.
         """
+        fit_together([self], [(X, Y, X_select, Y_select)])
+        return self
+
+    def _prepare(self, X, Y, X_select, Y_select):
+        """Settings and checked inputs of one fit (before any training)."""
         s = self._settings()
         X, Y = self._check_fit_input(X, Y, dtype=s["dtype"], device=self.device)
-        grid = s["grid"]
-        seed = self.random_state
-        self.search_results_ = []
-        hp = {
-            "arch": self.arch,
-            "width": self.width,
-            "trainable": self.trainable,
-            "recipe": self.recipe,
-            "block": s["block"],
-            "epochs": s["epochs"],
-            "batch_size": s["batch_size"],
-            "momentum": s["momentum"],
-        }
-        # Whether ``history`` is the returned network's own (it averages the members of an
-        # ensemble, which only selection="test" returns one member of).
-        own_history = True
-        if len(grid) == 1:
-            net, history = self._train(s, X, Y, grid, seed)
-            chosen = grid[0]
-        elif self.selection == "validation":
-            idx_tr, idx_val = validation_split(
-                len(X), self.validation_fraction, seed, where="ResNetRegressor.fit"
-            )
-            net, _ = self._train(s, X[idx_tr], Y[idx_tr], grid, seed)
-            errs = self._member_errors(net, X[idx_val], Y[idx_val])
-            best = _argmin(errs)
-            chosen = grid[best]
-            net, history = self._train(s, X, Y, [chosen], seed)
-            hp["val_error"] = errs[best]
-        else:
+        Xs = Ys = None
+        if len(s["grid"]) > 1 and self.selection == "test":
             if X_select is None or Y_select is None:
                 raise ValueError(
                     "ResNetRegressor.fit: selection='test' needs X_select and Y_select"
@@ -400,13 +424,23 @@ class ResNetRegressor(BaseRegressor):
                     f"(n, {X.shape[1]}), (n, {Y.shape[1]}); "
                     f"got {tuple(Xs.shape)}, {tuple(Ys.shape)}"
                 )
-            net, history = self._train(s, X, Y, grid, seed)
-            errs = self._member_errors(net, Xs, Ys)
-            best = _argmin(errs)
-            chosen = grid[best]
-            net = net.member(best)
-            own_history = False
-            hp["selection_error"] = errs[best]
+        return s, X, Y, Xs, Ys
+
+    def _finish(self, s, X, Y, net, history, chosen, errs, own_history, extra) -> None:
+        """Set the fitted attributes and status of a trained network; warn as ``fit`` says."""
+        grid = s["grid"]
+        hp = {
+            "arch": self.arch,
+            "width": self.width,
+            "trainable": self.trainable,
+            "recipe": self.recipe,
+            "block": s["block"],
+            "epochs": s["epochs"],
+            "batch_size": s["batch_size"],
+            "momentum": s["momentum"],
+            **extra,
+        }
+        self.search_results_ = []
         if len(grid) > 1:
             self.search_results_ = [
                 {"lr": lr, "weight_decay": wd, "error": e} for (lr, wd), e in zip(grid, errs)
@@ -441,10 +475,10 @@ class ResNetRegressor(BaseRegressor):
         self.n_iter_ = len(history)
         self.diverged_ = diverged
         self.net_ = net  # last: its presence marks the estimator fitted
+        # Kept on the estimator too (fit_messages_): a joint fit's warnings name no estimator.
+        messages: list[tuple[str, type]] = []
         if edges:
-            warnings.warn(
-                grid_edge_message("ResNetRegressor", edges), GridEdgeWarning, stacklevel=2
-            )
+            messages.append((grid_edge_message("ResNetRegressor", edges), GridEdgeWarning))
         if diverged:
             when = (
                 f"the training loss first became non-finite at epoch {bad} of {len(history)}"
@@ -456,13 +490,16 @@ class ResNetRegressor(BaseRegressor):
                 if not finite_pred
                 else "predictions are finite but not usable"
             )
-            warnings.warn(
-                f"ResNetRegressor: training diverged ({when}) with lr={chosen[0]:g}, "
-                f"weight_decay={chosen[1]:g}; {what}. Lower lr.",
-                DivergenceWarning,
-                stacklevel=2,
+            messages.append(
+                (
+                    f"ResNetRegressor: training diverged ({when}) with lr={chosen[0]:g}, "
+                    f"weight_decay={chosen[1]:g}; {what}. Lower lr.",
+                    DivergenceWarning,
+                )
             )
-        return self
+        self.fit_messages_ = [text for text, _ in messages]
+        for text, category in messages:
+            warnings.warn(text, category, stacklevel=4)
 
     def predict(self, X):
         """Predictions for X (n, d).
@@ -489,6 +526,91 @@ class ResNetRegressor(BaseRegressor):
         with torch.no_grad():
             pred = self.net_(X_t)[0]
         return self._format_output(pred, X)
+
+
+def _same_configuration(estimators) -> None:
+    params = [
+        {k: v for k, v in est.get_params().items() if k != "random_state"} for est in estimators
+    ]
+    if any(p != params[0] for p in params[1:]):
+        raise ValueError(
+            "fit_together: the estimators must have the same parameters except random_state"
+        )
+
+
+def fit_together(estimators: list[ResNetRegressor], datasets) -> list[ResNetRegressor]:
+    """Fit several ResNetRegressors that differ only in ``random_state`` as one ensemble.
+
+    Each estimator ends exactly as ``est.fit(*data)`` would leave it (up to float
+    reassociation): its own init, mini-batch order, validation split and data, and its own
+    chosen hyperparameters, refit and status. Only the training is shared: every grid member of
+    every estimator is one member of a single stacked ensemble (and the validation refits
+    another), so a sweep's seeds cost one training's Python and thread overhead.
+
+    Parameters
+    ----------
+    estimators : list of ResNetRegressor
+        Unfitted or fitted; the same parameters except ``random_state``.
+    datasets : list of tuple
+        One ``(X, Y)`` or ``(X, Y, X_select, Y_select)`` per estimator, with the same N.
+
+    Returns
+    -------
+    list of ResNetRegressor
+        The estimators, fitted.
+    """
+    if len(estimators) != len(datasets) or not estimators:
+        raise ValueError("fit_together: give one dataset per estimator (at least one)")
+    _same_configuration(estimators)
+    prepared = [
+        est._prepare(*(tuple(data) + (None, None))[:4]) for est, data in zip(estimators, datasets)
+    ]
+    if len({tuple(p[1].shape) for p in prepared}) > 1:
+        raise ValueError("fit_together: the datasets must have the same shape (N, d)")
+    lead = estimators[0]
+    s = prepared[0][0]
+    grid = s["grid"]
+    seeds = [est.random_state for est in estimators]
+    results: list[dict] = [{} for _ in estimators]
+    if len(grid) == 1:
+        trained = lead._train_group(s, [(p[1], p[2]) for p in prepared], [grid] * len(seeds), seeds)
+        for r, (net, history) in zip(results, trained):
+            r.update(net=net, history=history, chosen=grid[0], errs=None, own=True, extra={})
+    elif lead.selection == "validation":
+        splits = [
+            validation_split(len(p[1]), lead.validation_fraction, seed, where="ResNetRegressor.fit")
+            for p, seed in zip(prepared, seeds)
+        ]
+        data = [(p[1][tr], p[2][tr]) for p, (tr, _) in zip(prepared, splits)]
+        searched = lead._train_group(s, data, [grid] * len(seeds), seeds)
+        chosen = []
+        for r, p, (_, val), (net, _) in zip(results, prepared, splits, searched):
+            errs = lead._member_errors(net, p[1][val], p[2][val])
+            best = _argmin(errs)
+            chosen.append(grid[best])
+            r.update(chosen=grid[best], errs=errs, own=True, extra={"val_error": errs[best]})
+        refits = lead._train_group(
+            s, [(p[1], p[2]) for p in prepared], [[c] for c in chosen], seeds
+        )
+        for r, (net, history) in zip(results, refits):
+            r.update(net=net, history=history)
+    else:
+        trained = lead._train_group(s, [(p[1], p[2]) for p in prepared], [grid] * len(seeds), seeds)
+        for r, p, (net, history) in zip(results, prepared, trained):
+            errs = lead._member_errors(net, p[3], p[4])
+            best = _argmin(errs)
+            r.update(
+                net=net.member(best),
+                history=history,
+                chosen=grid[best],
+                errs=errs,
+                own=False,
+                extra={"selection_error": errs[best]},
+            )
+    for est, p, r in zip(estimators, prepared, results):
+        est._finish(p[0], p[1], p[2], r["net"], r["history"], r["chosen"], r["errs"], r["own"],
+                    r["extra"])  # fmt: skip
+    return estimators
 
 
 def _argmin(errors: list[float]) -> int:

@@ -204,20 +204,55 @@ class StackedNet(nn.Module):
         """A one-member StackedNet holding a copy of member ``e`` (parameters and buffers)."""
         if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < self.n_models:
             raise ValueError(f"StackedNet.member: e must be in [0, {self.n_models}), got {e!r}")
-        one = StackedNet(
-            self.arch,
-            self.in_features,
-            self.width,
-            self.out_features,
-            n_models=1,
-            block=self.block,
-            dtype=self.A.dtype,
+        return self.members(range(e, e + 1))
+
+    def members(self, index) -> StackedNet:
+        """A StackedNet holding copies of the members ``index`` (a range, slice or list of int)."""
+        picked = list(range(self.n_models)[index] if isinstance(index, slice) else index)
+        if not picked or any(
+            isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < self.n_models
+            for e in picked
+        ):
+            raise ValueError(
+                f"StackedNet.members: index must select members in [0, {self.n_models}), "
+                f"got {index!r}"
+            )
+        rows = torch.tensor(picked, device=self.A.device)
+        return StackedNet.stack([self], rows=rows)
+
+    @staticmethod
+    def stack(nets: list[StackedNet], rows: torch.Tensor | None = None) -> StackedNet:
+        """One StackedNet whose members are those of ``nets`` in order (copies), or, with
+        ``rows``, the members ``rows`` of the single net given. The nets must agree in
+        architecture, sizes, dtype and device."""
+        first = nets[0]
+        sig = lambda n: (  # noqa: E731
+            n.arch,
+            n.in_features,
+            n.width,
+            n.out_features,
+            n.block,
+            n.A.dtype,
+            n.A.device,
+        )
+        if any(sig(n) != sig(first) for n in nets):
+            raise ValueError("StackedNet.stack: the nets differ in architecture, size or dtype")
+        E = len(rows) if rows is not None else sum(n.n_models for n in nets)
+        out = StackedNet(
+            first.arch,
+            first.in_features,
+            first.width,
+            first.out_features,
+            n_models=E,
+            block=first.block,
+            dtype=first.A.dtype,
             device="meta",
-        ).to_empty(device=self.A.device)
+        ).to_empty(device=first.A.device)
         with torch.no_grad():
-            for name, t in list(self.named_parameters()) + list(self.named_buffers()):
-                getattr(one, name).copy_(t[e : e + 1])
-        return one
+            for name, t in list(out.named_parameters()) + list(out.named_buffers()):
+                parts = [getattr(n, name) for n in nets]
+                t.copy_(parts[0][rows] if rows is not None else torch.cat(parts))
+        return out
 
     def extra_repr(self) -> str:
         return (

@@ -82,9 +82,10 @@ def train_sgd(
     lr_scale : dict, optional
         Extra per-parameter learning-rate factor, a float or a tensor of shape (E,) (e.g. a
         separate step size for V, or a capped step for the readout).
-    generator : torch.Generator or list of E torch.Generator, optional
-        Mini-batch order: one order for all members, or each member its own (members that
-        stand for separate runs, e.g. seeds trained together, keep their own orders).
+    generator : torch.Generator or list of torch.Generator, optional
+        Mini-batch order: one order for all members, or one generator per contiguous group of
+        E / len(generator) members (members that stand for separate runs, e.g. seeds trained
+        together, keep their own orders).
     progress : bool
         Show a tqdm bar over epochs.
     desc : str
@@ -110,8 +111,11 @@ def train_sgd(
             if n not in order:
                 raise ValueError(f"train_sgd: {n!r} is not a parameter of this net {order}")
     gens = list(generator) if isinstance(generator, (list, tuple)) else None
-    if gens is not None and len(gens) != E:
-        raise ValueError(f"train_sgd: generator must be one generator or {E}, got {len(gens)}")
+    if gens is not None and (not gens or E % len(gens) != 0):
+        raise ValueError(
+            f"train_sgd: generator must be one generator or a list whose length divides "
+            f"E = {E}, got {len(gens)}"
+        )
     like = net.A
     N = X.shape[-2]
     lr_t = _per_member(lr, E, like, "lr")
@@ -134,10 +138,11 @@ def train_sgd(
             if gens is None:
                 perms = torch.stack([torch.randperm(N, generator=generator) for _ in epochs_now])
             else:
+                # Contiguous groups of E / len(gens) members share a generator's order.
                 perms = torch.stack(
                     [torch.stack([torch.randperm(N, generator=g) for g in gens])
                      for _ in epochs_now]
-                )  # fmt: skip
+                ).repeat_interleave(E // len(gens), dim=1)  # fmt: skip
             factors = torch.tensor(
                 [0.1 if drop_at is not None and t >= drop_at else 1.0 for t in epochs_now],
                 dtype=torch.float64,

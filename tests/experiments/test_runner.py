@@ -142,3 +142,65 @@ def test_kernel_ridge_rows_carry_the_solver_status():
     res = run_trial(config, "cpu")
     assert res["status"]["converged"] is False and res["flags"] == ["unconverged"]
     assert any("not converged" in w.lower() for w in res["status"]["warnings"])
+
+
+RESNET_TOML = """
+[sweep]
+name = "seeds"
+n_train = [40]
+seeds = [0, 1, 2]
+widths = [8]
+n_test = 30
+
+[concept]
+name = "parity"
+d = 8
+k = 4
+alpha = 0.5
+
+[[learners]]
+label = "net"
+type = "resnet"
+epochs = 3
+batch_size = 10
+dtype = "float64"
+param_grid = { lr = [0.01, 0.05] }
+
+[[learners]]
+label = "kern"
+type = "fake_kernel"
+"""
+
+
+def test_jobs_group_the_seeds_of_a_network_configuration():
+    from fastkernels.experiments.runner import jobs
+
+    trials = expand(parse_spec(RESNET_TOML, "s.toml"))
+    got = [[(t.label, t.seed) for t in job] for job in jobs(trials)]
+    assert got == [[("net", 0), ("net", 1), ("net", 2)], [("kern", 0)], [("kern", 1)],
+                   [("kern", 2)]]  # fmt: skip
+
+
+def test_seeds_fitted_together_equal_trials_run_alone(tmp_path):
+    from fastkernels.experiments import run_trials
+
+    trials = [t for t in expand(parse_spec(RESNET_TOML, "s.toml")) if t.label == "net"]
+    together = run_trials([t.config for t in trials])
+    for t, joint in zip(trials, together):
+        alone = run_trial(t.config)
+        assert joint["status"]["fitted_with"] == 3 and "fitted_with" not in alone["status"]
+        for key in ("test_error", "train_error", "hparams", "flags"):
+            assert joint[key] == pytest.approx(alone[key], rel=1e-12), key
+    # A sweep stores one row per seed, each with its own result; a resumed sweep fits the
+    # seeds still missing (here one, alone) and gets the same numbers.
+    data = load_toml(RESNET_TOML)
+    data["sweep"]["seeds"] = [0, 2]
+    with ResultsStore(tmp_path / "r.db") as st:
+        run_sweep(parse_spec(data, "s.toml"), st, progress=False, isolation="none")
+        result = run_sweep(parse_spec(RESNET_TOML, "s.toml"), st, progress=False)
+        assert (result.skipped, result.ran) == (4, 2)
+        rows = {r["seed"]: r for r in st.rows() if r["label"] == "net"}
+        assert sorted(rows) == [0, 1, 2]
+        assert [rows[s]["status"].get("fitted_with") for s in (0, 1, 2)] == [2, None, 2]
+        for t, joint in zip(trials, together):
+            assert rows[t.seed]["test_error"] == pytest.approx(joint["test_error"], rel=1e-12)

@@ -333,3 +333,60 @@ def test_mismatched_selection_target(which):
     )
     with pytest.raises(ValueError, match="Y_select"):
         model.fit(X, Y, X_select=Xs, Y_select=Ys)
+
+
+# -- several seeds fitted as one ensemble (fit_together) -------------------------------------
+
+
+def _seed_data(seed, n=40, d=5, k=2):
+    g = torch.Generator().manual_seed(100 + seed)
+    X = torch.randn(n, d, generator=g, dtype=torch.float64)
+    return X, torch.randn(n, k, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"param_grid": {"lr": [0.01, 0.05], "weight_decay": [0.0, 1e-3]}},
+        {"param_grid": {"lr": [0.01, 0.05]}, "selection": "test"},
+        {"recipe": "layerwise", "arch": "3layer"},
+        {"trainable": "all", "block": "bottleneck"},
+    ],
+    ids=["fixed", "validation-grid", "test-grid", "layerwise", "bottleneck-all"],
+)
+def test_fit_together_equals_separate_fits(kw):
+    from fastkernels.learners.resnet import fit_together
+
+    base = dict(width=6, epochs=4, batch_size=8, dtype="float64", **kw)
+    data = [_seed_data(s) for s in range(3)]
+    sel = [_seed_data(10 + s, n=15) for s in range(3)]
+    args = [d + s if kw.get("selection") == "test" else d for d, s in zip(data, sel)]
+    alone = [ResNetRegressor(random_state=s, **base).fit(*a) for s, a in enumerate(args)]
+    joint = fit_together([ResNetRegressor(random_state=s, **base) for s in range(3)], args)
+    for a, j, (X, _) in zip(alone, joint, data):
+        assert j.hparams_ == pytest.approx(a.hparams_, rel=1e-12)
+        assert j.loss_history_ == pytest.approx(a.loss_history_, rel=1e-12)
+        torch.testing.assert_close(j.predict(X), a.predict(X), rtol=1e-12, atol=1e-12)
+        assert j.search_results_ == a.search_results_ and j.n_iter_ == a.n_iter_
+
+
+def test_fit_together_refuses_different_configurations():
+    from fastkernels.learners.resnet import fit_together
+
+    ests = [ResNetRegressor(width=4), ResNetRegressor(width=5, random_state=1)]
+    with pytest.raises(ValueError, match="same parameters except random_state"):
+        fit_together(ests, [_seed_data(0), _seed_data(1)])
+    with pytest.raises(ValueError, match="one dataset per estimator"):
+        fit_together(ests[:1], [_seed_data(0), _seed_data(1)])
+    same = [ResNetRegressor(width=4), ResNetRegressor(width=4, random_state=1)]
+    with pytest.raises(ValueError, match="the same shape"):
+        fit_together(same, [_seed_data(0), _seed_data(1, n=30)])
+
+
+def test_fit_together_limit_counts_grid_members():
+    one = ResNetRegressor(width=1024)
+    grid = ResNetRegressor(width=1024, param_grid="paper")
+    assert one.fit_together_limit(30, 8) >= 100  # 8 MiB per member: hundreds fit in 2 GiB
+    assert grid.fit_together_limit(30, 8) == max(1, one.fit_together_limit(30, 8) // 45)
+    assert ResNetRegressor(width=16384).fit_together_limit(30, 8) == 1

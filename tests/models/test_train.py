@@ -341,6 +341,6 @@ def test_per_member_generators_equal_separate_runs():
 
 def test_bad_generator_count():
     net = StackedNet("2layer", 2, 3, 1, n_models=2, dtype=F64)
-    with pytest.raises(ValueError, match="generator must be one generator or 2, got 3"):
+    with pytest.raises(ValueError, match="a list whose length divides E = 2, got 3"):
         train_sgd(net, randn(4, 2), randn(4, 1), params=["W"], lr=0.1, epochs=1,
                   generator=[gen(0)] * 3)  # fmt: skip
