@@ -132,9 +132,8 @@ def _load_triton() -> bool:
 
     for name in OPS:
         module = sys.modules[f"{__name__}.{name}"]
-        if "cuda" in module.IMPLEMENTATIONS:
-            launcher = getattr(_triton, module.IMPLEMENTATIONS["cuda"])
-            getattr(module, name).register_kernel("cuda")(launcher)
+        launcher = getattr(_triton, module.IMPLEMENTATIONS["cuda"])
+        getattr(module, name).register_kernel("cuda")(launcher)
     return True
 
 

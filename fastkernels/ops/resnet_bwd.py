@@ -3,7 +3,8 @@
 The weight gradients of ``sum(grad_out * out)`` for the forward of ``resnet_fwd``, from its
 saved activations (h1, h2), hand-derived (:func:`fastkernels.ops._resnet_common.
 backward_reference`). The body is the torch reference (any device); CPU tensors go to the C++
-kernel ``csrc/resnet_bwd.cpp`` when the extension is built (:data:`IMPLEMENTATIONS`).
+kernel ``csrc/resnet_bwd.cpp`` when the extension is built and CUDA tensors to Triton
+(:data:`IMPLEMENTATIONS`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from ._resnet_common import backward_reference, check_batch, check_weights
 __all__ = ["resnet_bwd", "resnet_bwd_reference"]
 
 OP = "fastkernels::resnet_bwd"
-# No Triton kernel yet: CUDA tensors run the reference body (batched cuBLAS products).
-IMPLEMENTATIONS = {"cpu": "csrc/resnet_bwd.cpp"}
+IMPLEMENTATIONS = {"cpu": "csrc/resnet_bwd.cpp", "cuda": "resnet_bwd_triton"}
 
 
 def check_bwd(op, grad_out, x, W, U, A, h1, h2, arch, needs):

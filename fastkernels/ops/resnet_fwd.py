@@ -5,7 +5,8 @@ autograd registered, a differentiable forward of the stacked networks whose back
 ``resnet_bwd`` op. The architectures and the weights' shapes are those of
 :mod:`fastkernels.ops._resnet_common`. The body is the torch reference (any device); CPU tensors
 go to the C++ kernel ``csrc/resnet_fwd.cpp`` when the extension is built (one BLAS call per
-layer and member, members in parallel) (:data:`IMPLEMENTATIONS`).
+layer and member, members in parallel) and CUDA tensors to Triton
+(:data:`IMPLEMENTATIONS`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from ._resnet_common import check_batch, check_weights, forward_reference
 __all__ = ["resnet_fwd", "resnet_fwd_reference"]
 
 OP = "fastkernels::resnet_fwd"
-# No Triton kernel yet: CUDA tensors run the reference body (batched cuBLAS products).
-IMPLEMENTATIONS = {"cpu": "csrc/resnet_fwd.cpp"}
+IMPLEMENTATIONS = {"cpu": "csrc/resnet_fwd.cpp", "cuda": "resnet_fwd_triton"}
 
 
 def check_fwd(op, x, W, b1, U, b2, A, arch):

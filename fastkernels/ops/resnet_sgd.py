@@ -14,7 +14,8 @@ member ``mean over the batch of sum_k (out_k - y_k)^2``.
 The body is the torch reference (any device: batched matrix products, a Python loop over the
 steps); CPU tensors go to the C++ kernel ``csrc/resnet_sgd.cpp`` when the extension is built
 (members in parallel, each with its own workspace, BLAS calls on preallocated buffers) and CUDA
-(:data:`IMPLEMENTATIONS`).
+tensors to Triton (:data:`IMPLEMENTATIONS`: each step's products are Triton kernels; the loop
+over the steps stays in Python there).
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ from ._resnet_common import (
 __all__ = ["resnet_sgd", "resnet_sgd_reference"]
 
 OP = "fastkernels::resnet_sgd"
-# No Triton kernel yet: CUDA tensors run the reference body (batched cuBLAS products).
-IMPLEMENTATIONS = {"cpu": "csrc/resnet_sgd.cpp"}
+IMPLEMENTATIONS = {"cpu": "csrc/resnet_sgd.cpp", "cuda": "resnet_sgd_triton"}
 
 
 def _unpack(arch: str, params) -> dict:
@@ -115,8 +115,12 @@ def check_sgd(op, X, Y, perms, factors, params, bufs, bases, trained, lr, weight
 
 
 def resnet_sgd_reference(X, Y, perms, factors, params, bufs, bases, trained, lr, weight_decay,
-                         momentum, batch_size, arch):  # fmt: skip
-    """The readable torch reference of :func:`resnet_sgd` (any device, float32 / float64)."""
+                         momentum, batch_size, arch, forward=forward_reference,
+                         backward=backward_reference):  # fmt: skip
+    """The readable torch reference of :func:`resnet_sgd` (any device, float32 / float64).
+
+    ``forward`` and ``backward`` (the formulas of :mod:`._resnet_common` by default) let the
+    Triton launcher run the same loop on its own products."""
     E, N, T = check_sgd(OP, X, Y, perms, factors, params, bufs, bases, trained, lr,
                         weight_decay, momentum, batch_size, arch)  # fmt: skip
     for name, t in (("X", X), ("Y", Y)):
@@ -142,11 +146,11 @@ def resnet_sgd_reference(X, Y, perms, factors, params, bufs, bases, trained, lr,
             W, U = p["W"], p["U"]
             if arch == "bottleneck":  # the trained W, V are increments on W0, V0
                 W, U = bases[0] + W, bases[1] + U
-            out, h1, h2 = forward_reference(xb, W, p["b1"], U, p["b2"], p["A"], arch)
+            out, h1, h2 = forward(xb, W, p["b1"], U, p["b2"], p["A"], arch)
             diff = out - yb
             losses[t] += diff.pow(2).sum(dim=(1, 2)).double()  # batch loss times its size
             gout = diff * (2.0 / idx.shape[1])
-            grads = backward_reference(gout, xb, W, U, p["A"], h1, h2, arch, needs)
+            grads = backward(gout, xb, W, U, p["A"], h1, h2, arch, needs)
             with torch.no_grad():
                 for j, (i, buf) in enumerate(zip(trained, bufs)):
                     param = params[i]

@@ -148,6 +148,10 @@ TILES = {
     "kernel_normal_mv": dict(_TILES, block_t=16, split_rows=32),
     "ntk_gram": _TILES,
     "ntk_mv": dict(_TILES, block_t=16),
+    # The stacked-network products: 16 x 16 x 16 tiles (several along every axis).
+    "resnet_fwd": dict(block_m=16, block_n=16, block_k=16),
+    "resnet_bwd": dict(block_m=16, block_n=16, block_k=16),
+    "resnet_sgd": dict(block_m=16, block_n=16, block_k=16),
 }
 # Positional arguments of each op (gram and kernel_mv end with an optional diag_offset).
 ARITY = {
@@ -241,6 +245,9 @@ class Impl:
                 return arg
 
             out = public(*map(to_cuda, args))
+            if isinstance(out, tuple):  # the stacked-network ops return several tensors
+                assert all(o.is_cuda for o in out)
+                return tuple(o.cpu() for o in out)
             assert out.is_cuda
             return out.cpu()
 

@@ -15,6 +15,8 @@ ARCH_IDS = [a for a, _, _ in ARCHS]
 # (E, B, d, m, k): 1 x 1 everywhere, odd sizes, and the benchmark's shape (d 30, m 256, k 8,
 # batch 50: the GEMMs split across threads there).
 SIZES = [(1, 1, 1, 1, 1), (3, 7, 5, 13, 3), (2, 50, 30, 256, 8), (5, 9, 17, 33, 1)]
+# For the Triton interpreter: 1 x 1 and sizes over its 16-wide tiles in every direction.
+SMALL = [(1, 1, 1, 1, 1), (2, 19, 5, 33, 3)]
 
 
 def weights(arch: str, E, d, m, k, dtype=F64, seed=0, scale=0.4):

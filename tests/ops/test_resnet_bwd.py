@@ -10,7 +10,7 @@ from helpers import F32, F64, randn, rel_err
 from torch.library import opcheck
 
 from .conftest import assert_rejected, only, over, tol
-from .resnet_cases import ARCHS, SIZES, member_out, weights
+from .resnet_cases import ARCHS, SIZES, SMALL, member_out, weights
 
 ARCH_NAMES = [a for a, _, _ in ARCHS]
 NEEDS = [list(n) for n in itertools.product([False, True], repeat=5) if any(n)]
@@ -31,7 +31,15 @@ def run(impl, arch, w, x, gout, needs, dtype):
     return impl(gout.to(dtype), x.to(dtype), W, U, A, h1, h2, arch, needs)
 
 
-@over("resnet_bwd", "arch,E,B,d,m,k,dtype", {"reference cpp": (ARCH_NAMES, SIZES, [F64, F32])})
+@over(
+    "resnet_bwd",
+    "arch,E,B,d,m,k,dtype",
+    {
+        "reference cpp": (ARCH_NAMES, SIZES, [F64, F32]),
+        "triton": (ARCH_NAMES, SMALL, [F64, F32]),
+        "cuda": (ARCH_NAMES, SIZES, [F64, F32]),
+    },
+)
 def test_matches_autograd(impl, arch, E, B, d, m, k, dtype):
     w = weights(arch, E, d, m, k, seed=11)
     x, gout = randn(E, B, d, seed=12), randn(E, B, k, seed=13)
@@ -45,7 +53,21 @@ def test_matches_autograd(impl, arch, E, B, d, m, k, dtype):
             assert rel_err(g, t) < tol(impl.name, dtype), name
 
 
-@over("resnet_bwd", "arch,needs", {"reference cpp": (ARCH_NAMES, [(n,) for n in NEEDS])})
+@over(
+    "resnet_bwd",
+    "arch,needs",
+    {
+        "reference cpp": (ARCH_NAMES, [(n,) for n in NEEDS]),
+        "triton": (
+            ARCH_NAMES,
+            [
+                (n,)
+                for n in NEEDS
+                if n in ([True] * 5, [False] * 4 + [True], [True, False, True, False, False])
+            ],
+        ),
+    },
+)
 def test_needs_computes_exactly_the_requested(impl, arch, needs):
     w = weights(arch, 2, 4, 6, 3, seed=14)
     x, gout = randn(2, 5, 4, seed=15), randn(2, 5, 3, seed=16)
@@ -104,6 +126,6 @@ BAD = [
 ]
 
 
-@over("resnet_bwd", "args,exc,match", {"reference cpp": BAD})
+@over("resnet_bwd", "args,exc,match", {"reference cpp triton cuda": BAD})
 def test_bad_input_names_op_argument_and_expectation(impl, args, exc, match):
     assert_rejected(impl, args, exc, match)

@@ -10,12 +10,20 @@ from torch.library import opcheck
 from fastkernels.ops.resnet_fwd import resnet_fwd
 
 from .conftest import assert_rejected, only, over, tol
-from .resnet_cases import ARCH_IDS, ARCHS, SIZES, member_out, weights
+from .resnet_cases import ARCH_IDS, ARCHS, SIZES, SMALL, member_out, weights
 
 ARCH_NAMES = [a for a, _, _ in ARCHS]
 
 
-@over("resnet_fwd", "arch,E,B,d,m,k,dtype", {"reference cpp": (ARCH_NAMES, SIZES, [F64, F32])})
+@over(
+    "resnet_fwd",
+    "arch,E,B,d,m,k,dtype",
+    {
+        "reference cpp": (ARCH_NAMES, SIZES, [F64, F32]),
+        "triton": (ARCH_NAMES, SMALL, [F64, F32]),
+        "cuda": (ARCH_NAMES, SIZES, [F64, F32]),
+    },
+)
 def test_matches_member_forward(impl, arch, E, B, d, m, k, dtype):
     w = weights(arch, E, d, m, k, seed=1)
     x = randn(E, B, d, seed=2)
@@ -29,7 +37,7 @@ def test_matches_member_forward(impl, arch, E, B, d, m, k, dtype):
     assert rel_err(h1, torch.relu(x @ W.mT + b1[:, None])) < tol(impl.name, dtype)
 
 
-@over("resnet_fwd", "arch", {"reference cpp": ARCH_NAMES})
+@over("resnet_fwd", "arch", {"reference cpp triton": ARCH_NAMES})
 def test_shared_batch_expanded(impl, arch):
     w = weights(arch, 3, 6, 9, 2, seed=3)
     x = randn(5, 6, seed=4)
@@ -92,6 +100,6 @@ BAD = [
 ]
 
 
-@over("resnet_fwd", "args,exc,match", {"reference cpp": BAD})
+@over("resnet_fwd", "args,exc,match", {"reference cpp triton cuda": BAD})
 def test_bad_input_names_op_argument_and_expectation(impl, args, exc, match):
     assert_rejected(impl, args, exc, match)

@@ -82,7 +82,8 @@ def test_cpp_matches_reference(arch, trained, per_member):
 
 
 @over("resnet_sgd", "N,batch_size", {"reference cpp": [(1, 1), (1, 7), (10, 3), (10, 10),
-                                                       (10, 64)]})  # fmt: skip
+                                                       (10, 64)],
+                                      "triton": [(1, 7), (10, 3)]})  # fmt: skip
 def test_batch_edges(impl, N, batch_size):
     # One row, the last batch shorter, one batch the size of N, a batch bigger than N.
     args = problem("3resnet", N=N, batch_size=batch_size, T=2)
@@ -108,7 +109,7 @@ def test_losses_are_the_epochs_mean_batch_losses():
     assert rel_err(torch.ops.fastkernels.resnet_sgd(*args)[0], want) < 1e-13
 
 
-@over("resnet_sgd", "arch", {"reference cpp": ARCH_NAMES})
+@over("resnet_sgd", "arch", {"reference cpp triton": ARCH_NAMES})
 def test_float32_follows_float64(impl, arch):
     args64 = problem(arch, T=2, trained="all")
     args32 = copy(args64)
@@ -170,7 +171,7 @@ BAD = [
 ]
 
 
-@over("resnet_sgd", "make,exc,match", {"reference cpp": BAD})
+@over("resnet_sgd", "make,exc,match", {"reference cpp triton cuda": BAD})
 def test_bad_input_refused_before_any_update(impl, make, exc, match):
     args = make()
     before = [t.clone() for t in args[4]] if isinstance(args[4], list) else []

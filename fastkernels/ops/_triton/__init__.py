@@ -15,6 +15,7 @@ from .kernel_mv import kernel_mv_triton
 from .kernel_normal_mv import kernel_normal_mv_triton
 from .ntk_gram import ntk_gram_triton
 from .ntk_mv import ntk_mv_triton
+from .resnet import resnet_bwd_triton, resnet_fwd_triton, resnet_sgd_triton
 
 __all__ = [
     "gram_triton",
@@ -22,4 +23,7 @@ __all__ = [
     "kernel_normal_mv_triton",
     "ntk_gram_triton",
     "ntk_mv_triton",
+    "resnet_fwd_triton",
+    "resnet_bwd_triton",
+    "resnet_sgd_triton",
 ]
