@@ -13,7 +13,10 @@
 #      against torch mm-exp / cdist-exp / bare GEMM / blocked torch / pykeops
 #   3. ntk_gram / ntk_mv (Triton) at the full bench_ntk size against the torch.mm calls they
 #      replace (bench_ntk.py builds its workloads on the CPU, so this step times them here)
-# Results: RESULTS_DIR/cuda-tests.txt, bench.txt + bench.json (pytest-benchmark), ntk.txt.
+#   4. bench_train at E = 256 width-256 members: the Triton resnet ops against a loop of eager
+#      networks and vmap
+# Results: RESULTS_DIR/cuda-tests.txt, bench.txt + bench.json (pytest-benchmark), ntk.txt,
+# train.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-gpu-check-results}"
@@ -108,6 +111,12 @@ for name, fn, f in rows:
     t = timed(fn)
     print(f"{name:<36} {t * 1e3:9.2f} ms  {f / t / 1e12:6.2f} TFLOP/s")
 PY
+
+step "train 3resnet, E = 256 members (full, cuda)" 120 "$out/train.txt" \
+    env FASTKERNELS_BENCH_SIZE=full FASTKERNELS_BENCH_DEVICE=cuda \
+    python -m pytest -q bench/bench_train.py -k "m256-E256" \
+    --benchmark-only --benchmark-warmup=on --benchmark-warmup-iterations=1 \
+    --benchmark-min-rounds=3 --benchmark-max-time=0.5 --benchmark-columns=min,median,rounds
 
 echo "== gpu_check: $([ "$status" -eq 0 ] && echo ok || echo FAILED); results in $out/"
 exit "$status"

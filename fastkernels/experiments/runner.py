@@ -640,6 +640,14 @@ class _RunContext:
             self.bar.update(1)
         return state
 
+    def claim_job(self, job: list[Trial]) -> tuple[list[Trial], list[Trial]]:
+        """Claim each trial of a job: (the claimed ones, those busy in other processes)."""
+        states = [self.claim(trial) for trial in job]
+        return (
+            [t for t, s in zip(job, states) if s == "claimed"],
+            [t for t, s in zip(job, states) if s == "busy"],
+        )
+
     def finished(self, trial: Trial, result: dict) -> None:
         """Store a result; if the store refuses it, keep it in a file and stop the sweep."""
         row = _row(trial, self.spec.name, result, self.device)
@@ -725,13 +733,8 @@ def _run_local(ctx: _RunContext, todo: list[Trial], isolation: str) -> None:
         while pending:
             waiting = []
             for job in jobs(pending):
-                claimed = []
-                for trial in job:
-                    state = ctx.claim(trial)
-                    if state == "busy":
-                        waiting.append(trial)
-                    if state == "claimed":
-                        claimed.append(trial)
+                claimed, busy = ctx.claim_job(job)
+                waiting.extend(busy)
                 if not claimed:
                     continue
                 ctx.bar.set_postfix_str(_describe_job(claimed), refresh=True)
@@ -1200,13 +1203,8 @@ def _run_ray(session: _RaySession, ctx: _RunContext, todo: list[Trial]) -> None:
                 if room <= 0:
                     still.extend(job)
                     continue
-                claimed = []
-                for trial in job:
-                    state = ctx.claim(trial)
-                    if state == "claimed":
-                        claimed.append(trial)
-                    elif state == "busy":
-                        still.append(trial)
+                claimed, busy = ctx.claim_job(job)
+                still.extend(busy)
                 if claimed:
                     pending[session.submit(claimed)] = claimed
                     room -= 1
