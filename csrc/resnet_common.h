@@ -405,8 +405,12 @@ namespace resnet {
 template <typename F>
 inline void for_members(int64_t E, const F& f) {
   const int64_t threads = at::get_num_threads();
-  if (threads > 1 && E >= threads && (E % threads == 0 || E >= 4 * threads)) {
-    at::parallel_for(0, E, 1, f);
+  if (threads > 1 && E >= threads && (E % threads == 0 || E >= 4 * threads) &&
+      !at::in_parallel_region()) {
+    // One member at a time to whichever thread is free (dynamic): a core slowed down by
+    // another process then holds up one member, not a fixed half of them.
+#pragma omp parallel for num_threads(static_cast<int>(threads)) schedule(dynamic, 1)
+    for (int64_t e = 0; e < E; ++e) f(e, e + 1);
   } else {
     const bool before = split_gemms();
     split_gemms() = threads > 1 && !at::in_parallel_region();
