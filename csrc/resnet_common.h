@@ -41,7 +41,6 @@ inline Arch parse_arch(const char* op, c10::string_view arch) {
   return Arch::resnet3;
 }
 
-inline bool has_second(Arch a) { return a != Arch::layer2; }
 inline bool residual(Arch a) { return a == Arch::resnet3 || a == Arch::bottleneck; }
 
 // The Fortran BLAS GEMMs of the BLAS torch links (MKL in the x86 wheels exports sgemm_ and

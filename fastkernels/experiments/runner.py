@@ -432,8 +432,9 @@ def _row(trial: Trial, sweep: str, result: dict, device: str) -> dict:
     }
 
 
-def _describe(trial: Trial) -> str:
-    s = f"{trial.label} N={trial.n_train} seed={trial.seed}"
+def _describe(trial: Trial, seeds: str | None = None) -> str:
+    """The trial in a few words (``seeds``: the seeds of its job, in place of its own)."""
+    s = f"{trial.label} N={trial.n_train} " + (f"seed={trial.seed}" if seeds is None else seeds)
     return s if trial.width is None else s + f" w={trial.width}"
 
 
@@ -763,8 +764,7 @@ def _run_local(ctx: _RunContext, todo: list[Trial], isolation: str) -> None:
 def _describe_job(job: list[Trial]) -> str:
     if len(job) == 1:
         return _describe(job[0])
-    seeds = ",".join(str(t.seed) for t in job)
-    return _describe(job[0]).replace(f"seed={job[0].seed}", f"seeds={seeds}")
+    return _describe(job[0], "seeds=" + ",".join(str(t.seed) for t in job))
 
 
 _OWN_ENTRY = object()

@@ -285,7 +285,7 @@ class ResNetRegressor(BaseRegressor):
         s = self._settings()
         d, m, k = n_features, self.width, n_outputs
         per_member = d * m + m + m * m + m + k * m + m * (k + 1)  # an upper bound, any arch
-        size = torch.tensor([], dtype=s["dtype"]).element_size()
+        size = s["dtype"].itemsize
         member_mib = 2 * per_member * size / 2**20
         return max(1, int(budget_mib // (member_mib * len(s["grid"]))))
 
@@ -572,8 +572,9 @@ def fit_together(estimators: list[ResNetRegressor], datasets) -> list[ResNetRegr
     grid = s["grid"]
     seeds = [est.random_state for est in estimators]
     results: list[dict] = [{} for _ in estimators]
+    full = [(p[1], p[2]) for p in prepared]
     if len(grid) == 1:
-        trained = lead._train_group(s, [(p[1], p[2]) for p in prepared], [grid] * len(seeds), seeds)
+        trained = lead._train_group(s, full, [grid] * len(seeds), seeds)
         for r, (net, history) in zip(results, trained):
             r.update(net=net, history=history, chosen=grid[0], errs=None, own=True, extra={})
     elif lead.selection == "validation":
@@ -589,13 +590,11 @@ def fit_together(estimators: list[ResNetRegressor], datasets) -> list[ResNetRegr
             best = _argmin(errs)
             chosen.append(grid[best])
             r.update(chosen=grid[best], errs=errs, own=True, extra={"val_error": errs[best]})
-        refits = lead._train_group(
-            s, [(p[1], p[2]) for p in prepared], [[c] for c in chosen], seeds
-        )
+        refits = lead._train_group(s, full, [[c] for c in chosen], seeds)
         for r, (net, history) in zip(results, refits):
             r.update(net=net, history=history)
     else:
-        trained = lead._train_group(s, [(p[1], p[2]) for p in prepared], [grid] * len(seeds), seeds)
+        trained = lead._train_group(s, full, [grid] * len(seeds), seeds)
         for r, p, (net, history) in zip(results, prepared, trained):
             errs = lead._member_errors(net, p[3], p[4])
             best = _argmin(errs)

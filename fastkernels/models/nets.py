@@ -218,40 +218,38 @@ class StackedNet(nn.Module):
                 f"got {index!r}"
             )
         rows = torch.tensor(picked, device=self.A.device)
-        return StackedNet.stack([self], rows=rows)
+        return self._assembled(len(picked), lambda name: getattr(self, name)[rows])
 
     @staticmethod
-    def stack(nets: list[StackedNet], rows: torch.Tensor | None = None) -> StackedNet:
-        """One StackedNet whose members are those of ``nets`` in order (copies), or, with
-        ``rows``, the members ``rows`` of the single net given. The nets must agree in
-        architecture, sizes, dtype and device."""
+    def stack(nets: list[StackedNet]) -> StackedNet:
+        """One StackedNet whose members are copies of those of ``nets``, in order. The nets must
+        agree in architecture, sizes, dtype and device."""
         first = nets[0]
-        sig = lambda n: (  # noqa: E731
-            n.arch,
-            n.in_features,
-            n.width,
-            n.out_features,
-            n.block,
-            n.A.dtype,
-            n.A.device,
-        )
+
+        def sig(n):
+            return (n.arch, n.in_features, n.width, n.out_features, n.block, n.A.dtype, n.A.device)
+
         if any(sig(n) != sig(first) for n in nets):
             raise ValueError("StackedNet.stack: the nets differ in architecture, size or dtype")
-        E = len(rows) if rows is not None else sum(n.n_models for n in nets)
+        return first._assembled(
+            sum(n.n_models for n in nets), lambda name: torch.cat([getattr(n, name) for n in nets])
+        )
+
+    def _assembled(self, E: int, stacked) -> StackedNet:
+        """A StackedNet of this one's kind with E members, each tensor ``stacked(name)``."""
         out = StackedNet(
-            first.arch,
-            first.in_features,
-            first.width,
-            first.out_features,
+            self.arch,
+            self.in_features,
+            self.width,
+            self.out_features,
             n_models=E,
-            block=first.block,
-            dtype=first.A.dtype,
+            block=self.block,
+            dtype=self.A.dtype,
             device="meta",
-        ).to_empty(device=first.A.device)
+        ).to_empty(device=self.A.device)
         with torch.no_grad():
             for name, t in list(out.named_parameters()) + list(out.named_buffers()):
-                parts = [getattr(n, name) for n in nets]
-                t.copy_(parts[0][rows] if rows is not None else torch.cat(parts))
+                t.copy_(stacked(name))
         return out
 
     def extra_repr(self) -> str:

@@ -31,7 +31,7 @@ def _per_member(value, E: int, like: torch.Tensor, name: str) -> torch.Tensor:
     return t
 
 
-def op_arch(net: StackedNet) -> str:
+def _op_arch(net: StackedNet) -> str:
     """The ``arch`` name of the resnet ops for ``net``."""
     return "bottleneck" if net.block == "bottleneck" else net.arch
 
@@ -104,7 +104,7 @@ def train_sgd(
     epoch_list = [epochs] if isinstance(epochs, int) else list(epochs)
     if len(epoch_list) != len(phases):
         raise ValueError(f"train_sgd: {len(phases)} phases but {len(epoch_list)} epoch counts")
-    arch = op_arch(net)
+    arch = _op_arch(net)
     order = RESNET_PARAMS[arch]
     for names in phases:
         for n in names:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ._resnet_common import (
+    GRADS,
     PARAMS,
     backward_reference,
     check_arch,
@@ -126,9 +127,11 @@ def resnet_sgd_reference(X, Y, perms, factors, params, bufs, bases, trained, lr,
     for name, t in (("X", X), ("Y", Y)):
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{OP}: {name} must be finite, but contains NaN or inf")
+    if int(perms.min()) < 0 or int(perms.max()) >= N:
+        raise ValueError(f"{OP}: perms must hold row indices in [0, {N})")
     names = PARAMS[arch]
-    # Gradient slot (W, b1, U, b2, A order of resnet_bwd) of each parameter.
-    slot = {"W": 0, "b1": 1, "U": 2, "V": 2, "b2": 3, "A": 4}
+    # Gradient slot of each parameter among resnet_bwd's outputs (V stands in U's slot).
+    slot = {n: GRADS.index("U" if n == "V" else n) for n in names}
     needs = [False] * 5
     for i in trained:
         needs[slot[names[i]]] = True
@@ -137,12 +140,13 @@ def resnet_sgd_reference(X, Y, perms, factors, params, bufs, bases, trained, lr,
     members = torch.arange(E, device=X.device)[:, None]
     losses = torch.zeros((T, E), dtype=torch.float64, device=X.device)
     step_shape = lambda t: (E,) + (1,) * (t.dim() - 1)  # noqa: E731
+    # The parameters are updated in place, so their names stay bound to the current values.
+    p = _unpack(arch, params)
     for t in range(T):
         perm = perms[t] if perms.dim() == 3 else perms[t].expand(E, N)
         for start in range(0, N, batch_size):
             idx = perm[:, start : start + batch_size]  # (E, B)
             xb, yb = Xe[members, idx], Ye[members, idx]
-            p = _unpack(arch, params)
             W, U = p["W"], p["U"]
             if arch == "bottleneck":  # the trained W, V are increments on W0, V0
                 W, U = bases[0] + W, bases[1] + U

@@ -180,10 +180,12 @@ def test_bad_input_refused_before_any_update(impl, make, exc, match):
         assert torch.equal(a, b)
 
 
-def test_perm_out_of_range_refused():
-    for fn in (torch.ops.fastkernels.resnet_sgd,):
-        args = problem("3resnet")
-        args[2] = args[2].clone()
-        args[2][0, 0] = 23
-        with pytest.raises(ValueError, match=r"perms must hold row indices in \[0, 23\)"):
-            fn(*args)
+@over("resnet_sgd", "bad", {"reference cpp triton": [-1, 23]})
+def test_perm_out_of_range_refused(impl, bad):
+    args = problem("3resnet")
+    args[2] = args[2].clone()
+    args[2][1, 4] = bad
+    before = [t.clone() for t in args[4]]
+    assert_rejected(impl, args, ValueError, r"resnet_sgd: perms must hold row indices in \[0, 23\)")
+    for a, b in zip(args[4], before):
+        assert torch.equal(a, b)

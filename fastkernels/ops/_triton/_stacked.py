@@ -16,7 +16,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._resnet_common import check_batch, check_weights
 from ._common import default_block_k, dot_block, input_precision, launch_device
 
 __all__ = ["stacked_mm", "forward_triton", "backward_triton"]
@@ -174,8 +173,3 @@ def backward_triton(gout, x, W, U, A, h1, h2, arch, needs, **blocks):
         if need_b1:
             grads[1] = gz1.sum(dim=1)
     return grads
-
-
-def check(op, x, W, b1, U, b2, A, arch):
-    E, m, d, k = check_weights(op, W, b1, U, b2, A, arch)
-    check_batch(op, "x", x, E, d, W)
