@@ -91,8 +91,11 @@ at::Tensor resnet_sgd_cpu(const at::Tensor& X_in, const at::Tensor& Y_in,
   }
   TORCH_CHECK_VALUE(lr_in.scalar_type() == at::kDouble && lr_in.sizes() == at::IntArrayRef({n_trained, E}),
                     op, ": lr must be a float64 tensor of shape (", n_trained, ", ", E, ")");
-  TORCH_CHECK_VALUE(wd_in.scalar_type() == at::kDouble && wd_in.sizes() == at::IntArrayRef({E}),
-                    op, ": weight_decay must be a float64 tensor of shape (", E, ")");
+  TORCH_CHECK_VALUE(wd_in.scalar_type() == at::kDouble &&
+                        (wd_in.sizes() == at::IntArrayRef({E}) ||
+                         wd_in.sizes() == at::IntArrayRef({n_trained, E})),
+                    op, ": weight_decay must be a float64 tensor of shape (", E, ",) or (",
+                    n_trained, ", ", E, ")");
   TORCH_CHECK_VALUE(std::isfinite(momentum) && momentum >= 0, op,
                     ": momentum must be a finite float >= 0, got ", momentum);
   TORCH_CHECK_VALUE(batch_size >= 1, op, ": batch_size must be an int >= 1, got ", batch_size);
@@ -109,7 +112,9 @@ at::Tensor resnet_sgd_cpu(const at::Tensor& X_in, const at::Tensor& Y_in,
                       op, ": perms must hold row indices in [0, ", N, ")");
   }
   const at::Tensor factors = factors_in.contiguous(), lr = lr_in.contiguous();
-  const at::Tensor wd = wd_in.contiguous();
+  // One row per trained parameter (a (E,) weight decay applies to all of them).
+  const at::Tensor wd = wd_in.dim() == 1 ? wd_in.expand({n_trained, E}).contiguous()
+                                         : wd_in.contiguous();
   at::Tensor losses = at::zeros({T, E}, X.options().dtype(at::kDouble));
   const int64_t B = std::min(batch_size, N);
   const int64_t x_member = X.dim() == 3 ? N * d : 0, y_member = Y.dim() == 3 ? N * k : 0;
@@ -146,7 +151,6 @@ at::Tensor resnet_sgd_cpu(const at::Tensor& X_in, const at::Tensor& Y_in,
         T_** gslot[5] = {&g.W, &g.b1, &g.U, &g.b2, &g.A};
         for (int64_t j = 0; j < n_trained; ++j) *gslot[slot[trained[j]]] = grad_buf[slot[trained[j]]].data();
         const T_ mom = static_cast<T_>(momentum);
-        const T_ decay = static_cast<T_>(wd_data[e]);
         const T_* Xe = X.data_ptr<T_>() + e * x_member;
         const T_* Ye = Y.data_ptr<T_>() + e * y_member;
         for (int64_t t = 0; t < T; ++t) {
@@ -173,6 +177,7 @@ at::Tensor resnet_sgd_cpu(const at::Tensor& X_in, const at::Tensor& Y_in,
               T_* b = bufs[j].data_ptr<T_>() + e * sizes[sl];
               const T_* gr = grad_buf[sl].data();
               const T_ step = static_cast<T_>(lr_data[j * E + e] * factor[t]);
+              const T_ decay = static_cast<T_>(wd_data[j * E + e]);
               split_range(sizes[sl], 64, 1, [&](int64_t i0, int64_t i1) {
                 sgd_update(w + i0, b + i0, gr + i0, i1 - i0, mom, decay, step);
               });

@@ -57,7 +57,9 @@ class StackedNet(nn.Module):
     - ``"2layer"``: out = A sigma(W x + b1).
 
     Init (the paper's experiments): W ~ N(0, 1/d); U, V, A and every bias ~ N(0, 1/m). A is not
-    trained unless ``trainable`` includes it.
+    trained unless ``trainable`` includes it. ``second_init``, ``bias_init`` and
+    ``readout_init`` multiply the standard deviations of U (V0), of the biases and of A (0 starts
+    them at zero); the random draws are the same whatever the factors.
 
     Parameters
     ----------
@@ -76,6 +78,9 @@ class StackedNet(nn.Module):
         Source of the random init (CPU generator; parameters are then moved to ``device``).
     dtype, device
         Parameter dtype and device.
+    second_init, bias_init, readout_init : float, default 1.0
+        Factors (>= 0) on the init standard deviation of the second block (U, or V0 of the
+        bottleneck), of the biases b1, b2 and of the readout A.
     """
 
     def __init__(
@@ -89,6 +94,9 @@ class StackedNet(nn.Module):
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
         device=None,
+        second_init: float = 1.0,
+        bias_init: float = 1.0,
+        readout_init: float = 1.0,
     ):
         super().__init__()
         where = "StackedNet"
@@ -101,13 +109,23 @@ class StackedNet(nn.Module):
         k = self.out_features = check_positive_int(out_features, name="out_features", where=where)
         E = self.n_models = check_positive_int(n_models, name="n_models", where=where)
 
-        def normal(*shape, var):
-            t = torch.randn(*shape, generator=generator, dtype=torch.float64) * math.sqrt(var)
-            return t.to(dtype=dtype, device=device)
+        scales = {}
+        for name, v in (
+            ("second_init", second_init),
+            ("bias_init", bias_init),
+            ("readout_init", readout_init),
+        ):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise ValueError(f"{where}: {name} must be a finite number >= 0, got {v!r}")
+            scales[name] = float(v)
+
+        def normal(*shape, var, scale=1.0):
+            t = torch.randn(*shape, generator=generator, dtype=torch.float64)
+            return (t * (math.sqrt(var) * scale)).to(dtype=dtype, device=device)
 
         # Draw in a fixed order so that the init depends only on the generator state.
         W0 = normal(E, m, d, var=1.0 / d)
-        b1 = normal(E, m, var=1.0 / m)
+        b1 = normal(E, m, var=1.0 / m, scale=scales["bias_init"])
         layers = []
         if self.block == "bottleneck":
             self.register_buffer("W0", W0)
@@ -118,14 +136,16 @@ class StackedNet(nn.Module):
         layers.append(Layer("W", "b1", 1.0 / d, 1.0 / m))
         if self.arch in ("3resnet", "3layer"):
             if self.block == "bottleneck":
-                self.register_buffer("V0", normal(E, m, k + 1, var=1.0 / m))
+                self.register_buffer(
+                    "V0", normal(E, m, k + 1, var=1.0 / m, scale=scales["second_init"])
+                )
                 self.V = nn.Parameter(torch.zeros_like(self.V0))
                 layers.append(Layer("V", None, 1.0 / m, 0.0))
             else:
-                self.U = nn.Parameter(normal(E, m, m, var=1.0 / m))
-                self.b2 = nn.Parameter(normal(E, m, var=1.0 / m))
+                self.U = nn.Parameter(normal(E, m, m, var=1.0 / m, scale=scales["second_init"]))
+                self.b2 = nn.Parameter(normal(E, m, var=1.0 / m, scale=scales["bias_init"]))
                 layers.append(Layer("U", "b2", 1.0 / m, 1.0 / m))
-        self.A = nn.Parameter(normal(E, k, m, var=1.0 / m))
+        self.A = nn.Parameter(normal(E, k, m, var=1.0 / m, scale=scales["readout_init"]))
         layers.append(Layer("A", None, 1.0 / m, 0.0, readout=True))
         self.layers = layers
 

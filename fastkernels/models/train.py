@@ -49,12 +49,15 @@ def train_sgd(
     epochs: int | Sequence[int] = 800,
     lr_drop: float | None = 0.5,
     lr_scale: dict[str, float] | None = None,
+    decay_scale: dict[str, float] | None = None,
+    loss: str = "sum",
     generator: torch.Generator | None = None,
     progress: bool = False,
     desc: str = "train",
     per_member: bool = False,
 ) -> list[float] | torch.Tensor:
-    """Train the stacked networks in place on the squared loss sum_k (out_k - y_k)^2.
+    """Train the stacked networks in place on the squared loss sum_k (out_k - y_k)^2
+    (or its mean over the k outputs).
 
     Each member e follows PyTorch's SGD (``torch.optim.SGD``, dampening 0, no Nesterov):
     buf = momentum * buf + grad + weight_decay[e] * p, p -= lr[e] * buf, with the learning rate
@@ -82,6 +85,12 @@ def train_sgd(
     lr_scale : dict, optional
         Extra per-parameter learning-rate factor, a float or a tensor of shape (E,) (e.g. a
         separate step size for V, or a capped step for the readout).
+    decay_scale : dict, optional
+        Extra per-parameter weight-decay factor, a float or a tensor of shape (E,) (0 exempts
+        a parameter from weight decay).
+    loss : {"sum", "mean"}, default "sum"
+        The per-sample loss: the squared error summed over the k outputs, or averaged over them.
+        The returned losses are the summed one either way (the test error's scale).
     generator : torch.Generator or list of torch.Generator, optional
         Mini-batch order: one order for all members, or one generator per contiguous group of
         E / len(generator) members (members that stand for separate runs, e.g. seeds trained
@@ -120,7 +129,16 @@ def train_sgd(
     N = X.shape[-2]
     lr_t = _per_member(lr, E, like, "lr")
     wd_t = _per_member(weight_decay, E, like, "weight_decay")
+    if loss not in ("sum", "mean"):
+        raise ValueError(f"train_sgd: loss must be 'sum' or 'mean', got {loss!r}")
+    if loss == "mean":
+        # The mean over the k outputs has gradients 1 / k of the sum's. SGD with momentum on it
+        # is SGD on the sum with lr / k and weight decay k * wd (the momentum buffer k times
+        # smaller): the same trajectory from the same op.
+        k = Y.shape[-1]
+        lr_t, wd_t = lr_t / k, wd_t * k
     lr_scale = lr_scale or {}
+    decay_scale = decay_scale or {}
     tensors = [getattr(net, n).data for n in order]
     bases = [net.W0, net.V0] if arch == "bottleneck" else []
     history: list[torch.Tensor] = []
@@ -131,6 +149,10 @@ def train_sgd(
         lr_rows = torch.stack(
             [lr_t * _per_member(lr_scale.get(n, 1.0), E, like, f"lr_scale[{n!r}]") for n in names]
         ) if names else lr_t.new_zeros((0, E))  # fmt: skip
+        wd_rows = torch.stack(
+            [wd_t * _per_member(decay_scale.get(n, 1.0), E, like, f"decay_scale[{n!r}]")
+             for n in names]
+        ) if names else wd_t.new_zeros((0, E))  # fmt: skip
         drop_at = None if lr_drop is None else math.ceil(lr_drop * n_epochs - 1e-9)
         for first in range(0, n_epochs, EPOCHS_PER_CALL):
             epochs_now = range(first, min(n_epochs, first + EPOCHS_PER_CALL))
@@ -153,7 +175,7 @@ def train_sgd(
             with torch._C._AutoDispatchBelowADInplaceOrView():
                 losses = torch.ops.fastkernels.resnet_sgd(
                     X, Y, perms.to(X.device), factors.to(X.device), tensors, bufs, bases,
-                    trained, lr_rows, wd_t, float(momentum), int(batch_size), arch,
+                    trained, lr_rows, wd_rows, float(momentum), int(batch_size), arch,
                 )  # fmt: skip
             history.append(losses.cpu())
             bar.update(len(epochs_now))

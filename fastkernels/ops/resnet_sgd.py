@@ -1,7 +1,7 @@
 """The ``fastkernels::resnet_sgd`` op: epochs of mini-batch SGD of E stacked networks in one call.
 
 Python leaves the per-step path: one call runs T epochs of forward, backward and the SGD update
-(momentum, weight decay, one learning rate per member and parameter) for every member, in place,
+(momentum, one learning rate and weight decay per member and parameter) for every member, in place,
 and returns each member's mean training loss per epoch. Members are independent networks; they
 may have their own data (X of shape (E, N, d)) and their own mini-batch order (perms of shape
 (T, E, N)), so that a sweep can train the seeds and the learning-rate x weight-decay grid of a
@@ -97,9 +97,16 @@ def check_sgd(op, X, Y, perms, factors, params, bufs, bases, trained, lr, weight
         t = params[i]
         if not isinstance(b, Tensor) or b.shape != t.shape or b.dtype != t.dtype:
             raise ValueError(f"{op}: the buffer of {names[i]} must match it in shape and dtype")
-    for name, t, shape in (("lr", lr, (len(trained), E)), ("weight_decay", weight_decay, (E,))):
-        if not isinstance(t, Tensor) or t.dtype != torch.float64 or tuple(t.shape) != shape:
-            raise ValueError(f"{op}: {name} must be a float64 tensor of shape {shape}")
+    if not isinstance(lr, Tensor) or lr.dtype != torch.float64 or lr.shape != (len(trained), E):
+        raise ValueError(f"{op}: lr must be a float64 tensor of shape {(len(trained), E)}")
+    if (
+        not isinstance(weight_decay, Tensor)
+        or weight_decay.dtype != torch.float64
+        or weight_decay.shape not in ((E,), (len(trained), E))
+    ):
+        raise ValueError(
+            f"{op}: weight_decay must be a float64 tensor of shape {(E,)} or {(len(trained), E)}"
+        )
     for name, t in (
         ("perms", perms),
         ("factors", factors),
@@ -159,7 +166,8 @@ def resnet_sgd_reference(X, Y, perms, factors, params, bufs, bases, trained, lr,
                 for j, (i, buf) in enumerate(zip(trained, bufs)):
                     param = params[i]
                     g = grads[slot[names[i]]]
-                    wd = weight_decay.to(param.dtype).view(step_shape(param))
+                    wd = weight_decay if weight_decay.dim() == 1 else weight_decay[j]
+                    wd = wd.to(param.dtype).view(step_shape(param))
                     buf.mul_(momentum).add_(g).addcmul_(wd, param)
                     step = (lr[j] * factors[t]).to(param.dtype).view(step_shape(param))
                     param.sub_(step * buf)
@@ -205,7 +213,8 @@ def resnet_sgd(
         Indices into ``params`` of the trained parameters, aligned with ``bufs``.
     lr : Tensor, shape (len(trained), E), float64
         Learning rate of each trained parameter and member.
-    weight_decay : Tensor, shape (E,), float64
+    weight_decay : Tensor, shape (E,) or (len(trained), E), float64
+        Weight decay of each member, or of each trained parameter and member.
     momentum : float
     batch_size : int
     arch : {"3resnet", "3layer", "2layer", "bottleneck"}

@@ -119,6 +119,26 @@ def test_init_variances_bottleneck():
     assert set(buffers) == {"W0", "V0"}
 
 
+@pytest.mark.parametrize("block", BLOCKS)
+def test_init_scales_multiply_the_same_draws(block):
+    # second_init, bias_init and readout_init scale U (V0), the biases and A; the draws, and so
+    # every other tensor, are those of the default init; 0 starts a tensor at zero.
+    args = dict(arch="3resnet", in_features=5, width=7, out_features=3, n_models=2, block=block)
+    base = StackedNet(**args, generator=gen(3), dtype=F64)
+    scaled = StackedNet(
+        **args, generator=gen(3), dtype=F64, second_init=0.5, bias_init=0.0, readout_init=3.0
+    )
+    second = "V0" if block == "bottleneck" else "U"
+    factor = {second: 0.5, "b1": 0.0, "b2": 0.0, "A": 3.0}
+    tensors = dict(base.named_parameters()) | dict(base.named_buffers())
+    other = dict(scaled.named_parameters()) | dict(scaled.named_buffers())
+    assert set(tensors) == set(other)
+    for name, t in tensors.items():
+        f = factor.get(name, 1.0)
+        torch.testing.assert_close(other[name], t * f, rtol=1e-15, atol=0, msg=name)
+    assert bool(scaled.b1.eq(0).all()) and scaled.A.abs().sum() > 0
+
+
 def test_output_at_init_is_order_one():
     d, m, k = 20, 512, 2
     net = StackedNet("3resnet", d, m, k, n_models=4, generator=gen(1), dtype=F64)
@@ -215,6 +235,9 @@ def test_extra_repr():
         ({"out_features": 0}, "out_features"),
         ({"n_models": 0}, "n_models"),
         ({"n_models": True}, "n_models"),
+        ({"second_init": -1.0}, "second_init must be a finite number >= 0"),
+        ({"bias_init": float("nan")}, "bias_init must be a finite number >= 0"),
+        ({"readout_init": True}, "readout_init must be a finite number >= 0"),
     ],
 )
 def test_bad_constructor_args(kwargs, match):

@@ -15,18 +15,26 @@ CONFIG_IDS = [f"{a}-{b}" for a, b in CONFIGS]
 
 
 def reference_sgd(
-    net, X, Y, names, lr, wd, *, momentum, batch_size, epochs, drop_at, seed, lr_scale=None
-):
+    net, X, Y, names, lr, wd, *, momentum, batch_size, epochs, drop_at, seed, lr_scale=None,
+    decay_scale=None, loss_mean=False,
+):  # fmt: skip
     """Each member trained alone by torch.optim.SGD; returns per-member states and losses."""
     E = net.n_models
     lr_scale = lr_scale or {}
+    decay_scale = decay_scale or {}
     states, histories = [], []
     for e in range(E):
         p = member_state(net, e)
         groups = []
         for n in names:
             p[n].requires_grad_(True)
-            groups.append({"params": [p[n]], "scale": lr_scale.get(n, 1.0)})
+            groups.append(
+                {
+                    "params": [p[n]],
+                    "scale": lr_scale.get(n, 1.0),
+                    "weight_decay": float(wd[e]) * decay_scale.get(n, 1.0),
+                }
+            )
         opt = torch.optim.SGD(groups, lr=float(lr[e]), momentum=momentum, weight_decay=float(wd[e]))
         g = gen(seed)
         Xe = X[e] if X.dim() == 3 else X
@@ -44,7 +52,7 @@ def reference_sgd(
                 opt.zero_grad()
                 out = member_forward(p, net.arch, net.block, Xe[idx])
                 loss = (out - Ye[idx]).pow(2).sum(-1).mean()
-                loss.backward()
+                (loss / Ye.shape[-1] if loss_mean else loss).backward()
                 opt.step()
                 total += float(loss.detach()) * len(idx)
             hist.append(total / N)
@@ -129,6 +137,40 @@ def test_per_member_data_and_lr_scale():
     )  # fmt: skip
     for e in range(E):
         assert_member_matches(net, e, states[e])
+
+
+def test_decay_scale_and_mean_loss():
+    # Weight decay per parameter (0 exempts one) and the loss averaged over the k outputs,
+    # against torch.optim.SGD with per-group weight decay on the averaged loss.
+    d, m, k, E, N = 3, 5, 3, 2, 7
+    for loss in ("sum", "mean"):
+        net = StackedNet("3resnet", d, m, k, n_models=E, generator=gen(11), dtype=F64)
+        X, Y = randn(N, d, seed=12), randn(N, k, seed=13)
+        names = net.parameter_names("all")
+        ref = copy.deepcopy(net)
+        decay = {"W": 1.0, "b1": 0.0, "U": 2.5, "b2": 0.0, "A": 0.5}
+        lr, wd = torch.tensor([0.1, 0.03], dtype=F64), torch.tensor([2e-2, 5e-2], dtype=F64)
+        hist = train_sgd(
+            net, X, Y, params=names, lr=lr, weight_decay=wd, momentum=0.9, batch_size=3,
+            epochs=3, lr_drop=0.5, decay_scale=decay, loss=loss, generator=gen(4),
+        )  # fmt: skip
+        states, ref_hist = reference_sgd(
+            ref, X, Y, names, lr, wd, momentum=0.9, batch_size=3, epochs=3, drop_at=2, seed=4,
+            decay_scale=decay, loss_mean=loss == "mean",
+        )  # fmt: skip
+        for e in range(E):
+            assert_member_matches(net, e, states[e], tol=1e-9)
+        expected = torch.tensor(ref_hist, dtype=F64).mean(0)
+        torch.testing.assert_close(torch.tensor(hist, dtype=F64), expected, rtol=1e-9, atol=0)
+
+
+def test_bad_loss_and_decay_scale():
+    net = StackedNet("2layer", 3, 4, 2, n_models=2, generator=gen(0), dtype=F64)
+    X, Y = randn(5, 3, seed=1), randn(5, 2, seed=2)
+    with pytest.raises(ValueError, match="loss must be 'sum' or 'mean'"):
+        train_sgd(net, X, Y, params=["W"], lr=0.1, epochs=1, loss="avg")
+    with pytest.raises(ValueError, match=r"decay_scale\['W'\] must be a scalar or have shape"):
+        train_sgd(net, X, Y, params=["W"], lr=0.1, epochs=1, decay_scale={"W": [1.0, 2.0, 3.0]})
 
 
 # -- independence, frozen parameters, phases, lr drop ------------------------------------------

@@ -81,6 +81,43 @@ def test_cpp_matches_reference(arch, trained, per_member):
         assert torch.equal(args[4][i], fresh[i])
 
 
+@over("resnet_sgd", "arch", {"cpp triton": ARCH_NAMES})
+def test_weight_decay_per_parameter(impl, arch):
+    # weight_decay of shape (len(trained), E): each trained parameter its own (0 exempts it).
+    from fastkernels.ops import resnet_sgd_reference
+
+    args = problem(arch, trained="all")
+    g = gen(5)
+    rows = 0.02 * torch.rand(len(args[7]), 3, generator=g, dtype=F64)
+    rows[1] = 0.0
+    args[9] = rows
+    ref = copy(args)
+    got = impl(*args)
+    want = resnet_sgd_reference(*ref)
+    assert rel_err(got, want) < tol(impl.name, F64)
+    for a, b in zip(args[4] + args[5], ref[4] + ref[5]):
+        assert rel_err(a, b) < tol(impl.name, F64)
+
+
+def test_weight_decay_rows_equal_to_one_row():
+    # A (len(trained), E) weight decay whose rows all equal w is the (E,) weight decay w.
+    from fastkernels.ops import resnet_sgd_reference
+
+    for run in (torch.ops.fastkernels.resnet_sgd, resnet_sgd_reference):
+        flat = problem("3resnet", trained="all")
+        rows = copy(flat)
+        rows[9] = flat[9].expand(len(flat[7]), 3).clone()
+        assert torch.equal(run(*flat), run(*rows))
+        for a, b in zip(flat[4], rows[4]):
+            assert torch.equal(a, b)
+        # A decay of zero on one parameter changes that parameter's path and no other's.
+        zero = copy(flat)
+        zero[9] = rows[9].clone()
+        zero[9][0] = 0.0
+        run(*zero)
+        assert not torch.equal(zero[4][0], flat[4][0])
+
+
 @over("resnet_sgd", "N,batch_size", {"reference cpp": [(1, 1), (1, 7), (10, 3), (10, 10),
                                                        (10, 64)],
                                       "triton": [(1, 7), (10, 3)]})  # fmt: skip
@@ -164,6 +201,8 @@ BAD = [
     (lambda: _bad(5, lambda a: a[5][:1]), ValueError, "resnet_sgd: bufs must have one"),
     (lambda: _bad(8, lambda a: a[8][:, :2]), ValueError, "resnet_sgd: lr must be"),
     (lambda: _bad(9, lambda a: a[9].float()), ValueError, "resnet_sgd: weight_decay must be"),
+    (lambda: _bad(9, lambda a: a[9][:2]), ValueError, "resnet_sgd: weight_decay must be"),
+    (lambda: _bad(9, lambda a: a[9].expand(2, 3)), ValueError, "resnet_sgd: weight_decay must be"),
     (lambda: _bad(10, -0.5), ValueError, "resnet_sgd: momentum must be"),
     (lambda: _bad(11, 0), ValueError, "resnet_sgd: batch_size must be"),
     (lambda: _bad(0, lambda a: a[0] * float("nan")), ValueError, "resnet_sgd: X must be finite"),
