@@ -24,6 +24,8 @@ format is::
                                 # (strings, numbers, booleans, lists, inline tables such as
                                 # kernel_params = {gamma = 0.5}); not width/random_state/device,
                                 # which the runner sets
+    n_train = [1000]            # optional: run this learner at a subset of the sweep's sizes
+    widths = [1024]             # optional: ... and of its widths
 
     [report]
     c = 4.0                     # optional: sample-complexity threshold c * alpha^2
@@ -84,6 +86,8 @@ class LearnerSpec:
         Whether the learner's constructor accepts these runner-set parameters.
     n_train : tuple of int or None
         The sample sizes this learner runs at (a subset of the sweep's); None: all of them.
+    widths : tuple of int or None
+        The widths this learner runs at (a subset of the sweep's); None: all of them.
     """
 
     label: str
@@ -93,6 +97,7 @@ class LearnerSpec:
     takes_random_state: bool = False
     takes_device: bool = False
     n_train: tuple[int, ...] | None = None
+    widths: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,7 @@ class SweepSpec:
                     "type": s.type,
                     **s.params,
                     **({"n_train": list(s.n_train)} if s.n_train is not None else {}),
+                    **({"widths": list(s.widths)} if s.widths is not None else {}),
                 }
                 for s in self.learners
             ],
@@ -293,6 +299,16 @@ def parse_spec(text_or_data: str | dict, source: str = "<string>") -> SweepSpec:
                 f"a subset of [sweep] n_train {list(n_train)}",
                 list(lspec.n_train),
             )
+        # Likewise widths: an expensive width for one learner of an ablation, not for all.
+        if lspec.widths is not None and not (
+            lspec.takes_width and widths is not None and set(lspec.widths) <= set(widths)
+        ):
+            raise v.error(
+                f"[[learners]] #{i} ({lspec.label!r})",
+                "widths",
+                f"a subset of [sweep] widths {list(widths or [])} (for a learner with a width)",
+                list(lspec.widths),
+            )
     for i, lspec in enumerate(learners, 1):
         # What the sample counts decide (a budget the solver cannot honour, more centres than
         # samples) fails here, before a store is created, not in the middle of the sweep.
@@ -392,7 +408,10 @@ def _parse_learner(v: Validator, i: int, entry) -> LearnerSpec:
         raise v.error(where, "type", f"one of {', '.join(sorted(LEARNERS))}", type_name)
     accepted = learner_params(type_name)
     own_n = v.int_list(entry, "n_train", where, minimum=1)
-    params = {k: val for k, val in entry.items() if k not in ("label", "type", "n_train")}
+    own_widths = v.int_list(entry, "widths", where, minimum=1)
+    params = {
+        k: val for k, val in entry.items() if k not in ("label", "type", "n_train", "widths")
+    }
     for key, val in params.items():
         if key in RUNNER_SET_PARAMS:
             hint = "[sweep] widths sets it" if key == "width" else "the runner sets it"
@@ -423,6 +442,7 @@ def _parse_learner(v: Validator, i: int, entry) -> LearnerSpec:
         takes_random_state="random_state" in accepted,
         takes_device="device" in accepted,
         n_train=own_n,
+        widths=own_widths,
     )
 
 

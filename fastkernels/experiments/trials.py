@@ -130,7 +130,9 @@ def expand(spec: SweepSpec) -> list[Trial]:
     }
     trials: list[Trial] = []
     for lspec in spec.learners:
-        widths = spec.widths if (lspec.takes_width and spec.widths) else (None,)
+        widths = (
+            (lspec.widths or spec.widths) if (lspec.takes_width and spec.widths) else (None,)
+        )
         resolved = {
             w: resolved_params(lspec.type, {**lspec.params, **({} if w is None else {"width": w})})
             for w in widths

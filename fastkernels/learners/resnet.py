@@ -20,20 +20,31 @@ from .base import (
     validation_split,
 )
 
-RECIPES = ("paper", "online", "layerwise")
+RECIPES = ("joint", "paper", "online", "layerwise")
+LOSSES = ("sum", "mean")
+
+# The paper's SGD (PAPER.md 2.2): momentum 0.9, batch 50, 800 epochs, lr / 10 at half of them;
+# lr and weight decay one point of the paper's {1, 2, 5} x 10^-j grid that trains the parity
+# instances; weight decay on every trained parameter.
+_PAPER_SGD = {
+    "lr": 0.05,
+    "weight_decay": 5e-3,
+    "momentum": 0.9,
+    "batch_size": 50,
+    "epochs": 800,
+    "lr_drop": 0.5,
+    "decay_params": "all",
+}
 
 # Defaults per recipe; an explicit constructor argument overrides them.
 RECIPE_DEFAULTS = {
-    # SGD, momentum 0.9, batch 50, lr / 10 at half of the epochs (PAPER.md 2.2). lr and weight
-    # decay: one point of the paper's {1, 2, 5} x 10^-j grid that trains the parity instances.
-    "paper": {
-        "lr": 0.05,
-        "weight_decay": 5e-3,
-        "momentum": 0.9,
-        "batch_size": 50,
-        "epochs": 800,
-        "lr_drop": 0.5,
-    },
+    # The paper's SGD with every layer trained, the readout A included (its step capped at
+    # 1 / width, see lr_readout), and weight decay 0.05 on the first layer W only. The ablation
+    # of the paper's Fig. 2(a) at N = 1000 (preset paper-fig2a-ablation, README) found these two
+    # choices the ones that make the 3resnet learn there; the paper's own recipe (A fixed at
+    # init, weight decay on every layer) does not at that N.
+    "joint": {**_PAPER_SGD, "weight_decay": 0.05, "decay_params": ("W",)},
+    "paper": dict(_PAPER_SGD),
     # Online SGD: batch 1, each sample used once (a fresh sample per step), no momentum or
     # weight decay, constant step; increments from zero (bottleneck block) by default.
     "online": {
@@ -43,18 +54,14 @@ RECIPE_DEFAULTS = {
         "batch_size": 1,
         "epochs": 1,
         "lr_drop": None,
+        "decay_params": "all",
     },
     # Layer-wise: first layer for half the epochs, then it is frozen and the second block
     # trains for the other half, each phase with the paper's schedule.
-    "layerwise": {
-        "lr": 0.05,
-        "weight_decay": 5e-3,
-        "momentum": 0.9,
-        "batch_size": 50,
-        "epochs": 800,
-        "lr_drop": 0.5,
-    },
+    "layerwise": dict(_PAPER_SGD),
 }
+# The trained parameters of each recipe when ``trainable`` is left as None.
+RECIPE_TRAINABLE = {"joint": "all", "paper": "hidden", "online": "hidden", "layerwise": "hidden"}
 
 # The paper's hyperparameter grid {1, 2, 5} x 10^-j over the range that trains these networks
 # (smaller learning rates do not converge in 800 epochs; larger ones diverge).
@@ -67,9 +74,11 @@ PAPER_GRID = {
 class ResNetRegressor(BaseRegressor):
     """A small ReLU network (3resnet, 3layer or 2layer) trained by SGD on the squared loss.
 
-    The readout A stays at its random init unless ``trainable`` includes it: ``"hidden"`` trains
-    W and U (or V), the paper's default; ``"last"`` trains A only (random features of the
-    network, a kernel method); ``"all"`` trains everything.
+    ``trainable`` sets the trained parameters: ``"hidden"`` trains W and U (or V) and leaves the
+    readout A at its random init, the paper's setting; ``"last"`` trains A only (random
+    features of the network, a kernel method); ``"all"`` trains everything. The default recipe
+    ``"joint"`` trains all of them with the paper's SGD settings and weight decay on the first
+    layer only; ``recipe="paper"`` is the paper's own (hidden layers only, decay on all).
 
     Hyperparameters: with ``param_grid`` (a dict of lists for ``lr`` and ``weight_decay``, or
     ``"paper"`` for the paper's grid) every combination is trained at once as one stacked
@@ -83,13 +92,17 @@ class ResNetRegressor(BaseRegressor):
     arch : {"3resnet", "3layer", "2layer"}, default "3resnet"
     width : int, default 256
         Hidden width m.
-    trainable : {"hidden", "last", "all"}, default "hidden"
-    recipe : {"paper", "online", "layerwise"}, default "paper"
-        Training recipe (PAPER.md 2.2); fixes the defaults of the SGD arguments left as None.
+    trainable : {"hidden", "last", "all"}, optional
+        Default: the recipe's ("all" for "joint", "hidden" for the others).
+    recipe : {"joint", "paper", "online", "layerwise"}, default "joint"
+        Training recipe; fixes the defaults of the arguments left as None. ``"paper"``,
+        ``"online"`` and ``"layerwise"`` are PAPER.md 2.2; ``"joint"`` is the paper's SGD with
+        every layer trained and weight decay 0.05 on W only.
     block : {"full", "bottleneck"}, optional
         Second block of the 3resnet; default "bottleneck" for the online recipe, else "full".
     lr, weight_decay, momentum, batch_size, epochs, lr_drop : optional
-        SGD settings; None takes the recipe's default (paper: 0.05, 5e-3, 0.9, 50, 800, 0.5).
+        SGD settings; None takes the recipe's default (paper: 0.05, 5e-3, 0.9, 50, 800, 0.5;
+        joint: the same with weight decay 0.05, on W only).
         ``lr_drop`` is the fraction of epochs after which the learning rate is divided by 10.
     lr_second : float, optional
         Separate learning rate for the second block (U or V), as the theory recipe uses.
@@ -97,6 +110,16 @@ class ResNetRegressor(BaseRegressor):
         Learning rate of the readout A when it is trained (``"last"``, ``"all"``); default
         ``min(lr, 1 / width)``: the readout's curvature grows like the width and SGD at the
         hidden layers' step size diverges on it.
+    second_init, bias_init, readout_init : float, default 1.0
+        Factors on the init standard deviation of the second block (U, or V0), of the biases
+        and of the readout A (0: start at zero); see :class:`~fastkernels.models.StackedNet`.
+    loss : {"sum", "mean"}, default "sum"
+        The training loss per sample: the squared error summed over the k outputs (the test
+        error's scale) or averaged over them (gradients 1 / k as large).
+    decay_params : "all" or list of str, optional
+        The trained parameters that get weight decay: ``"all"`` or names of
+        :meth:`~fastkernels.models.StackedNet.parameter_names` (e.g. ``["W", "U"]``). Default:
+        the recipe's (joint: the first layer W only; the others: all).
     param_grid : dict or "paper", optional
         Grid of ``lr`` and ``weight_decay`` values searched as one ensemble.
     selection : {"validation", "test"}, default "validation"
@@ -153,8 +176,8 @@ class ResNetRegressor(BaseRegressor):
         self,
         arch: str = "3resnet",
         width: int = 256,
-        trainable: str = "hidden",
-        recipe: str = "paper",
+        trainable: str | None = None,
+        recipe: str = "joint",
         block: str | None = None,
         lr: float | None = None,
         weight_decay: float | None = None,
@@ -164,6 +187,11 @@ class ResNetRegressor(BaseRegressor):
         lr_drop: float | None = None,
         lr_second: float | None = None,
         lr_readout: float | None = None,
+        second_init: float = 1.0,
+        bias_init: float = 1.0,
+        readout_init: float = 1.0,
+        loss: str = "sum",
+        decay_params=None,
         param_grid=None,
         selection: str = "validation",
         validation_fraction: float = 0.2,
@@ -185,6 +213,11 @@ class ResNetRegressor(BaseRegressor):
         self.lr_drop = lr_drop
         self.lr_second = lr_second
         self.lr_readout = lr_readout
+        self.second_init = second_init
+        self.bias_init = bias_init
+        self.readout_init = readout_init
+        self.loss = loss
+        self.decay_params = decay_params
         self.param_grid = param_grid
         self.selection = selection
         self.validation_fraction = validation_fraction
@@ -202,8 +235,14 @@ class ResNetRegressor(BaseRegressor):
         where = "ResNetRegressor"
         check_choice(self.arch, ARCHS, name="arch", where=where)
         check_positive_int(self.width, name="width", where=where)
-        check_choice(self.trainable, TRAINABLE, name="trainable", where=where)
         check_choice(self.recipe, RECIPES, name="recipe", where=where)
+        trainable = RECIPE_TRAINABLE[self.recipe] if self.trainable is None else self.trainable
+        check_choice(trainable, TRAINABLE, name="trainable", where=where)
+        check_choice(self.loss, LOSSES, name="loss", where=where)
+        for key in ("second_init", "bias_init", "readout_init"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise ValueError(f"{where}: {key} must be a finite number >= 0, got {v!r}")
         check_choice(self.selection, ("validation", "test"), name="selection", where=where)
         if self.block is not None:
             check_choice(self.block, BLOCKS, name="block", where=where)
@@ -238,11 +277,27 @@ class ResNetRegressor(BaseRegressor):
         )
         if block == "bottleneck" and self.arch != "3resnet":
             raise ValueError(f"{where}: block='bottleneck' needs arch='3resnet', got {self.arch!r}")
-        if self.recipe == "layerwise" and (self.arch == "2layer" or self.trainable != "hidden"):
+        if self.recipe == "layerwise" and (self.arch == "2layer" or trainable != "hidden"):
             raise ValueError(
                 f"{where}: recipe='layerwise' needs a 3-layer arch and trainable='hidden'"
             )
         s["block"] = block
+        s["trainable"] = trainable
+        names = StackedNet(self.arch, 1, 1, 1, block=block, device="meta").parameter_names(
+            trainable
+        )
+        dp = s.pop("decay_params")
+        if isinstance(dp, str) and dp == "all":
+            dp = names
+        elif self.decay_params is None:  # the recipe's: those of its parameters trained here
+            dp = [n for n in names if n in dp]
+        elif isinstance(dp, str) or not all(isinstance(n, str) and n in names for n in dp):
+            raise ValueError(
+                f"{where}: decay_params must be 'all' or a list of trained parameter names "
+                f"(a subset of {names}), got {dp!r}"
+            )
+        s["decay"] = [n for n in names if n in dp]
+        s["names"] = names
         s["grid"] = self._grid(s)
         s["dtype"] = resolve_dtype(self.dtype, where=where)
         return s
@@ -315,6 +370,9 @@ class ResNetRegressor(BaseRegressor):
                     generator=g,
                     dtype=s["dtype"],
                     device=X.device,
+                    second_init=self.second_init,
+                    bias_init=self.bias_init,
+                    readout_init=self.readout_init,
                 )
             )
             gens.append(g)
@@ -324,7 +382,7 @@ class ResNetRegressor(BaseRegressor):
         else:  # each member its entry's data: (E, N, d), (E, N, k)
             X = torch.cat([x.expand(len(grid), *x.shape) for (x, _), grid in zip(data, grids)])
             Y = torch.cat([y.expand(len(grid), *y.shape) for (_, y), grid in zip(data, grids)])
-        names = net.parameter_names(self.trainable)
+        names = net.parameter_names(s["trainable"])
         epochs = s["epochs"]
         if self.recipe == "layerwise":
             first = [n for n in names if n in ("W", "b1")]
@@ -341,13 +399,19 @@ class ResNetRegressor(BaseRegressor):
         # features), so SGD at the hidden layers' step diverges on A: its step is capped.
         readout_lr = self.lr_readout if self.lr_readout is not None else 1.0 / self.width
         lr_scale["A"] = (readout_lr / lrs).clamp(max=1.0)
+        wds = torch.tensor([wd for grid in grids for _, wd in grid], dtype=torch.float64)
+        decay_scale = None
+        if s["decay"] != s["names"]:
+            decay_scale = {n: float(n in s["decay"]) for n in names}
         history = train_sgd(
             net,
             X,
             Y,
             params=params,
             lr=lrs,
-            weight_decay=[wd for grid in grids for _, wd in grid],
+            weight_decay=wds,
+            decay_scale=decay_scale,
+            loss=self.loss,
             momentum=s["momentum"],
             batch_size=s["batch_size"],
             epochs=epochs,
@@ -355,7 +419,7 @@ class ResNetRegressor(BaseRegressor):
             lr_scale=lr_scale,
             generator=gens[0] if len(gens) == 1 else gens,
             progress=self.verbose,
-            desc=f"{self.arch} ({self.trainable})",
+            desc=f"{self.arch} ({s['trainable']})",
             per_member=True,
         )
         out, start = [], 0
@@ -432,7 +496,7 @@ class ResNetRegressor(BaseRegressor):
         hp = {
             "arch": self.arch,
             "width": self.width,
-            "trainable": self.trainable,
+            "trainable": s["trainable"],
             "recipe": self.recipe,
             "block": s["block"],
             "epochs": s["epochs"],
@@ -452,7 +516,17 @@ class ResNetRegressor(BaseRegressor):
         )
         if self.lr_second is not None:
             hp["lr_second"] = self.lr_second
-        if self.trainable != "hidden":
+        for key, default in (
+            ("second_init", 1.0),
+            ("bias_init", 1.0),
+            ("readout_init", 1.0),
+            ("loss", "sum"),
+        ):
+            if getattr(self, key) != default:
+                hp[key] = getattr(self, key)
+        if s["decay"] != s["names"]:
+            hp["decay_params"] = list(s["decay"])
+        if s["trainable"] != "hidden":
             readout = self.lr_readout if self.lr_readout is not None else 1.0 / self.width
             hp["lr_readout"] = min(chosen[0], readout)
         edges = []

@@ -286,17 +286,72 @@ def test_bad_files(tmp_path, base_toml):
 
 def test_presets_listed():
     names = preset_names()
-    for expected in ("quick", "paper-fig2a", "paper-fig2b", "all19"):
+    for expected in ("quick", "paper-fig2a", "paper-fig2a-ablation", "paper-fig2b", "all19"):
         assert expected in names
     described = dict(list_presets())
     assert all(described[n] and not described[n].startswith("(invalid") for n in names)
 
 
-@pytest.mark.parametrize("name", ["quick", "paper-fig2a", "paper-fig2b", "all19"])
+@pytest.mark.parametrize(
+    "name", ["quick", "paper-fig2a", "paper-fig2a-ablation", "paper-fig2b", "all19"]
+)
 def test_presets_parse(name):
     spec = load_spec(name)
     assert spec.name == name and spec.source == f"preset:{name}"
     assert len({t.key for t in expand(spec)}) == len(expand(spec))
+
+
+def test_ablation_preset_rows():
+    # Three seeds per row at the paper's N = 1000; every [grid] row has a [test-selected] twin
+    # with the same configuration otherwise; width 1024 only where a row asks for it.
+    spec = load_spec("paper-fig2a-ablation")
+    assert spec.n_train == (1000,) and len(spec.seeds) >= 3
+    labels = [s.label for s in spec.learners]
+    by_label = {s.label: s for s in spec.learners}
+    for label in labels:
+        if label.endswith(" [grid]"):
+            twin = by_label[label.replace(" [grid]", " [test-selected]")]
+            assert twin.params == {**by_label[label].params, "selection": "test"}
+    widths = {t.width for t in expand(spec) if t.label.startswith("paper, width 1024")}
+    assert widths == {1024}
+    assert {t.width for t in expand(spec) if t.label == "paper [grid]"} == {256}
+
+
+def test_learner_may_run_at_a_subset_of_widths():
+    from fastkernels.experiments import SpecError, expand, parse_spec
+
+    text = """
+[sweep]
+name = "s"
+n_train = [100]
+seeds = [0]
+widths = [4, 8, 16]
+[concept]
+name = "parity"
+d = 12
+k = 4
+[[learners]]
+label = "wide only"
+type = "resnet"
+widths = [16]
+[[learners]]
+label = "all"
+type = "resnet"
+[[learners]]
+label = "kernel"
+type = "kernel_ridge"
+"""
+    spec = parse_spec(text)
+    by_label = {}
+    for t in expand(spec):
+        by_label.setdefault(t.label, []).append(t.width)
+    assert by_label == {"wide only": [16], "all": [4, 8, 16], "kernel": [None]}
+    assert spec.to_dict()["learners"][0]["widths"] == [16]
+    assert parse_spec(spec_text := text).learners[0].widths == (16,)
+    with pytest.raises(SpecError, match="widths: expected a subset of"):
+        parse_spec(spec_text.replace("widths = [16]", "widths = [32]"))
+    with pytest.raises(SpecError, match="widths: expected a subset of"):
+        parse_spec(spec_text.replace('label = "kernel"', 'label = "kernel"\nwidths = [4]'))
 
 
 def test_learner_may_run_at_a_subset_of_sizes():

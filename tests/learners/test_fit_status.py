@@ -19,7 +19,7 @@ from fastkernels.learners.base import grid_edge, squared_error
 
 F64 = torch.float64
 # Small, fast networks: N = 64, d = 8, width 16, 3 epochs (a few hundredths of a second each).
-NET = {"width": 16, "epochs": 3}
+NET = {"width": 16, "epochs": 3, "recipe": "paper"}  # the selection logic on its recipe
 
 
 def wiggly_1d(n=60):

@@ -97,6 +97,51 @@ def test_trainable_last_moves_only_the_readout():
     assert not torch.equal(model.net_.A, ref.A)
 
 
+def test_default_recipe_trains_every_layer_and_paper_recipe_fixes_the_readout():
+    X, Y = linear_data(seed=5)
+    default = ResNetRegressor(**FAST).fit(X, Y)
+    hp = default.hparams_
+    assert hp["recipe"] == "joint" and hp["trainable"] == "all"
+    assert hp["weight_decay"] == 0.05 and hp["decay_params"] == ["W"]
+    same = ResNetRegressor(
+        recipe="paper", trainable="all", weight_decay=0.05, decay_params=["W"], **FAST
+    ).fit(X, Y)
+    torch.testing.assert_close(default.predict(X), same.predict(X), rtol=0, atol=0)
+    paper = ResNetRegressor(recipe="paper", **FAST).fit(X, Y)
+    assert paper.hparams_["trainable"] == "hidden"
+    ref = StackedNet("3resnet", D, 32, K, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(paper.net_.A, ref.A) and not torch.equal(default.net_.A, ref.A)
+
+
+def test_init_scales_loss_and_decay_params():
+    X, Y = linear_data(seed=6)
+    # The init factors reach the network: untrained tensors keep their scaled init.
+    last = ResNetRegressor(trainable="last", lr=0.01, second_init=0.0, bias_init=2.0, **FAST)
+    last.fit(X, Y)
+    ref = StackedNet("3resnet", D, 32, K, generator=torch.Generator().manual_seed(0))
+    assert bool(last.net_.U.eq(0).all())
+    torch.testing.assert_close(last.net_.b1, 2.0 * ref.b1)
+    assert last.hparams_["second_init"] == 0.0 and last.hparams_["bias_init"] == 2.0
+    # Weight decay on every trained parameter is the default; on some of them it is not.
+    kw = dict(dtype="float64", weight_decay=0.05, trainable="all", recipe="paper", **FAST)
+    base = ResNetRegressor(**kw).fit(X, Y)
+    every = ResNetRegressor(decay_params=["W", "b1", "U", "b2", "A"], **kw).fit(X, Y)
+    named = ResNetRegressor(decay_params="all", **{**kw, "recipe": "joint"}).fit(X, Y)
+    torch.testing.assert_close(named.predict(X), base.predict(X), rtol=0, atol=0)
+    torch.testing.assert_close(every.predict(X), base.predict(X), rtol=0, atol=0)
+    some = ResNetRegressor(decay_params=["U"], **kw).fit(X, Y)
+    assert some.hparams_["decay_params"] == ["U"] and "decay_params" not in base.hparams_
+    assert not torch.allclose(some.predict(X), base.predict(X))
+    # The loss averaged over the outputs is the summed loss at lr / k and weight decay k * wd.
+    mean = ResNetRegressor(loss="mean", **kw).fit(X, Y)
+    k = Y.shape[1]
+    scaled = ResNetRegressor(
+        **{**kw, "lr": 0.05 / k, "weight_decay": 0.05 * k, "lr_readout": (1 / 32) / k}
+    ).fit(X, Y)
+    torch.testing.assert_close(mean.predict(X), scaled.predict(X), rtol=1e-9, atol=1e-9)
+    assert mean.hparams_["loss"] == "mean" and mean.hparams_["lr"] == 0.05
+
+
 def test_lr_second():
     X, Y = linear_data(seed=4)
     base = ResNetRegressor(lr=0.05, **FAST).fit(X, Y).predict(X)
@@ -205,13 +250,14 @@ def test_hparams_contents():
         "arch": "3layer",
         "width": 8,
         "trainable": "all",
-        "recipe": "paper",
+        "recipe": "joint",
         "block": "full",
+        "decay_params": ["W"],
         "epochs": 3,
         "batch_size": 7,
         "momentum": 0.9,
         "lr": 0.05,
-        "weight_decay": 5e-3,
+        "weight_decay": 0.05,
         "selection": "fixed",
         "lr_readout": 0.05,
         "grid_edge": [],
@@ -244,7 +290,7 @@ def test_score_equals_r2():
 def test_get_set_params_repr():
     model = ResNetRegressor(arch="2layer", width=16)
     params = model.get_params()
-    assert params["arch"] == "2layer" and params["lr"] is None and params["recipe"] == "paper"
+    assert params["arch"] == "2layer" and params["lr"] is None and params["recipe"] == "joint"
     assert model.set_params(lr=0.1) is model and model.lr == 0.1
     with pytest.raises(ValueError, match="learning_rate"):
         model.set_params(learning_rate=0.1)
@@ -286,6 +332,13 @@ def test_get_set_params_repr():
         ({"param_grid": {"lr": []}}, "param_grid"),
         ({"param_grid": {"lr": [0.1, 0.0]}}, "param_grid"),
         ({"param_grid": {"weight_decay": [-1.0]}}, "param_grid"),
+        ({"second_init": -1.0}, "second_init must be a finite number >= 0"),
+        ({"readout_init": float("inf")}, "readout_init must be a finite number >= 0"),
+        ({"bias_init": True}, "bias_init must be a finite number >= 0"),
+        ({"loss": "avg"}, "loss must be one of"),
+        ({"decay_params": ["Q"]}, "decay_params must be 'all' or a list of trained parameter"),
+        ({"decay_params": "W"}, "decay_params must be 'all' or a list"),
+        ({"decay_params": ["A"], "trainable": "hidden"}, "decay_params must be 'all' or a list"),
     ],
 )
 def test_bad_hyperparameters(params, match):
