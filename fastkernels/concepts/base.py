@@ -105,6 +105,16 @@ class Concept:
         X = self.sample_x(n, g)
         return X, self.target(X)
 
+    def label_variance(self, n: int = 10_000) -> float:
+        """Var(y) = E ||y - E y||^2 (summed over the k outputs) on the test set of size ``n``.
+
+        The test error of the best constant predictor, and the scale on which errors of
+        different concepts compare: an error relative to it of 1 means nothing was learned.
+        """
+        n = check_positive_int(n, name="n", where=f"{type(self).__name__}.label_variance")
+        _, Y = self.test_set(n)
+        return float((Y - Y.mean(dim=0)).square().sum(dim=1).mean())
+
     def params(self) -> dict:
         """The constructor arguments, for configs and results stores."""
         raise NotImplementedError

@@ -11,6 +11,13 @@ Every cell (series and N) that holds a trial flagged by the runner is marked wit
 ``U`` unconverged kernel solve, ``D`` diverged (non-finite loss or predictions), ``E``
 hyperparameter chosen at the edge of its grid; e.g. ``0.52 ± 0.01 (3) [U1 E3]``.
 
+Errors are reported on two scales: the absolute test error (the papers' figures plot this one)
+and the error relative to the label variance Var(y) = E ||y - E y||^2 of the trial's test set
+(1 = no better than the best constant predictor), which makes concepts of different label
+scales comparable (the ALL19 targets on the unit sphere have Var(y) of about 31, the k = 8
+parity 8.72). The variance is recomputed from the trial's concept and test-set size, so reports
+of older stores have it too.
+
 Plots are drawn with matplotlib's object-oriented API on the Agg canvas (no pyplot, no global
 backend switch), so reports work headless and do not disturb an interactive session.
 """
@@ -74,6 +81,9 @@ class Series:
         of one configuration at several widths share it.
     trials : dict
         ``trials[N]`` lists the store rows behind ``errors[N]`` (status, flags, cost).
+    relative : dict
+        ``relative[N]`` lists each seed's test error divided by its test set's label variance
+        (NaN where the concept cannot be rebuilt).
     """
 
     label: str
@@ -83,6 +93,7 @@ class Series:
     tag: str = ""
     configuration: str = ""
     trials: dict[int, list[dict]] = field(default_factory=dict)
+    relative: dict[int, list[float]] = field(default_factory=dict)
 
     @property
     def display(self) -> str:
@@ -101,6 +112,13 @@ class Series:
             return (math.nan,) * 4 + (0,)
         std = float(e.std(ddof=1)) if e.size > 1 else 0.0
         return float(e.mean()), std, float(e.min()), float(e.max()), int(e.size)
+
+    def relative_stats(self, n: int) -> tuple[float, float, int]:
+        """(mean, std, number of seeds) of the relative error at N = ``n`` (NaN: unknown)."""
+        e = np.asarray(self.relative.get(n, []), dtype=float)
+        if e.size == 0:
+            return math.nan, math.nan, 0
+        return float(e.mean()), float(e.std(ddof=1)) if e.size > 1 else 0.0, int(e.size)
 
     def sample_complexity(self, level: float) -> int | None:
         """Smallest N whose mean test error is below ``level`` (None: not reached)."""
@@ -148,6 +166,8 @@ class Setting:
         ``(label, width)`` works when one configuration of the label has that width.
     zero_errors : list of float
         The zero predictor's test error of every trial (NaN where not recorded).
+    label_variances : list of float
+        The label variance of every trial's test set (NaN where unknown).
     """
 
     concept: str
@@ -160,6 +180,14 @@ class Setting:
     c_source: str = ""
     series: dict[tuple[str, int | None, str], Series] = field(default_factory=dict)
     zero_errors: list[float] = field(default_factory=list)
+    label_variances: list[float] = field(default_factory=list)
+
+    @property
+    def label_variance(self) -> float:
+        """Mean label variance of the setting's test sets (NaN: unknown): the scale of the
+        relative-error axis of its plots."""
+        v = [x for x in self.label_variances if math.isfinite(x) and x > 0]
+        return float(np.mean(v)) if v else math.nan
 
     @property
     def level(self) -> float:
@@ -270,6 +298,11 @@ def analyse(rows: list[dict], c: float | None = None, sweep_c: dict | None = Non
         series.errors.setdefault(n, []).append(float(row["test_error"]))
         series.trials.setdefault(n, []).append(row)
         st.zero_errors.append(_float(row.get("zero_error")))
+        variance = label_variance(row)
+        st.label_variances.append(variance)
+        series.relative.setdefault(n, []).append(
+            float(row["test_error"]) / variance if variance > 0 else math.nan
+        )
     for skey, st in settings.items():
         _name_configurations(st)
         from_file = [sweep_c[s] for s in sweeps_of[skey] if sweep_c.get(s) is not None]
@@ -280,6 +313,29 @@ def analyse(rows: list[dict], c: float | None = None, sweep_c: dict | None = Non
         else:
             st.c, st.c_source = st.k / 2, "default k/2"
     return list(settings.values())
+
+
+_VARIANCES: dict[str, float] = {}
+
+
+def label_variance(row: dict) -> float:
+    """Var(y) of the test set a store row was scored on (NaN when its concept cannot be rebuilt,
+    e.g. one registered only in the process that ran the sweep). Cached per concept and size."""
+    try:
+        concept = row["config"]["concept"]
+        n_test = int(row["n_test"])
+        key = json.dumps([concept, n_test], sort_keys=True)
+    except (KeyError, TypeError, ValueError):
+        return math.nan
+    if key not in _VARIANCES:
+        from ..concepts import make_concept
+
+        try:
+            value = make_concept(concept["name"], **concept["params"]).label_variance(n_test)
+        except (KeyError, TypeError, ValueError):
+            value = math.nan
+        _VARIANCES[key] = value
+    return _VARIANCES[key]
 
 
 def _configuration(row: dict) -> str:
@@ -493,6 +549,14 @@ def _error_cell(s: Series, n: int) -> str:
     return _with_marks(text, s.flag_counts(n))
 
 
+def _relative_cell(s: Series, n: int) -> str:
+    mean, std, cnt = s.relative_stats(n)
+    if not math.isfinite(mean) and cnt and all(math.isfinite(e) for e in s.errors[n]):
+        return "-"  # the label variance is unknown
+    text = f"{_g(mean)} ± {_g(std)} ({cnt})" if cnt > 1 else f"{_g(mean)} (1)"
+    return _with_marks(text, s.flag_counts(n))
+
+
 def _cost_cell(s: Series, n: int) -> str:
     t, mem = s.cost(n)
     t_text = "-" if math.isnan(t) else f"{_short_num(t)} s"
@@ -592,13 +656,18 @@ def _summary_text(settings: list[Setting], rows: list[dict]) -> str:
             f" N* = smallest N with mean test error < {_g(st.level)}"
             f" (c = {_g(st.c)}, {st.c_source})"
         )
+        if math.isfinite(st.label_variance):
+            head += (
+                f"\n  mean test error (in brackets: relative to the label variance"
+                f" {_g(st.label_variance)})"
+            )
         names = [s.name for s in st.series.values()]
         wname = max([len("learner")] + [len(n) for n in names])
         cols = [f"N={n}" for n in ns] + ["N*"]
         cells = []
         for s in st.series.values():
             vals = [
-                _with_marks(_g(s.stats(n)[0]), s.flag_counts(n)) if n in s.errors else "-"
+                _with_marks(_summary_cell(s, n), s.flag_counts(n)) if n in s.errors else "-"
                 for n in ns
             ]
             n_star = s.sample_complexity(st.level)
@@ -624,6 +693,11 @@ def _summary_text(settings: list[Setting], rows: list[dict]) -> str:
         tail.append(f"marks: {meaning}; the number counts the cell's trials (see report.md)")
     tail.append(_status_line(rows))
     return "\n\n".join(blocks) + "\n\n" + "\n".join(tail)
+
+
+def _summary_cell(s: Series, n: int) -> str:
+    rel = s.relative_stats(n)[0]
+    return _g(s.stats(n)[0]) + (f" ({_g(rel)})" if math.isfinite(rel) else "")
 
 
 def _table(head: list[str], body: list[list[str]]) -> list[str]:
@@ -673,6 +747,11 @@ def _markdown(settings, figures, rows, sweeps, store_path) -> str:
         )
         if math.isfinite(st.zero_level):
             line += f" Zero predictor: test error {_g(st.zero_level)} (mean over trials)."
+        if math.isfinite(st.label_variance):
+            line += (
+                f" Label variance Var(y) = {_g(st.label_variance)} (mean over the test sets):"
+                " the best constant predictor's error, the unit of the relative errors."
+            )
         out.append(line)
         out.append("")
         for kind, path in figures.get(i, []):
@@ -693,6 +772,16 @@ def _markdown(settings, figures, rows, sweeps, store_path) -> str:
         cell_counts = [s.flag_counts(n) for s in series for n in ns if n in s.errors]
         out += _table(lead_head + [f"N={n}" for n in ns], body)
         out += ["", _legend_line(cell_counts)]
+
+        out += ["", "### Test error relative to the label variance", ""]
+        out.append(
+            "Each seed's test error divided by the label variance of its test set "
+            "(1: no better than the best constant predictor); mean ± std over seeds. "
+            "The paper's figures plot the absolute error of the table above."
+        )
+        out.append("")
+        body = _n_table(series, ns, has_w, _relative_cell)
+        out += _table(lead_head + [f"N={n}" for n in ns], body)
 
         out += ["", "### Sample complexity", ""]
         out.append(
@@ -825,9 +914,24 @@ def _finish(ax, st: Setting, values: list[float], xlabel: str, xticks: list[int]
         ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test error")
+    var = st.label_variance
+    if math.isfinite(var) and var > 0:
+        # The same curves on the relative scale: a second axis, error / Var(y).
+        second = ax.secondary_yaxis(
+            "right", functions=(lambda y, v=var: y / v, lambda r, v=var: r * v)
+        )
+        second.set_ylabel(f"relative to label variance {_g(var)}")
+        if ax.get_yscale() == "log":
+            second.yaxis.set_major_formatter(_plain_log_formatter())
+            second.yaxis.set_minor_formatter(_plain_log_formatter(labelOnlyBase=False))
     ax.grid(True, which="both", alpha=0.25)
     # Beside the axes: inside, it would hide the points of some series.
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.legend(
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.12 if math.isfinite(var) and var > 0 else 1.01, 1.0),
+        frameon=False,
+    )
 
 
 def _plain_log_formatter(**kw):

@@ -171,6 +171,21 @@ def test_empty_and_missing_store(tmp_path):
         write_report(tmp_path / "missing.db", tmp_path / "o")
 
 
+def _variance(seed, alpha=0.5, n_test=50):
+    """Label variance of the test set of a _row's concept."""
+    from fastkernels.concepts import make_concept
+
+    c = make_concept("parity", d=8, k=4, alpha=alpha, beta=1.0, noise=0.0, seed=seed)
+    return c.label_variance(n_test)
+
+
+def _rel(errs):
+    """The summary's relative-error token for one error per seed 0, 1, ... (mean of ratios)."""
+    from fastkernels.experiments.report import _g
+
+    return f"({_g(sum(e / _variance(s) for s, e in enumerate(errs)) / len(errs))})"
+
+
 def _line(md, start):
     """The one line of ``md`` that starts with ``start``."""
     found = [line for line in md.splitlines() if line.startswith(start)]
@@ -206,8 +221,12 @@ def test_configurations_under_one_label_are_not_pooled(tmp_path):
     assert "| RBF ridge [ridge=0.001] | 100 |" in md
     assert "| RBF ridge [ridge=100] | not reached |" in md
     text = summary_table(path)
-    assert _line(text, "  RBF ridge [ridge=0.001]").split()[-2:] == ["0.2", "100"]
-    assert _line(text, "  RBF ridge [ridge=100]").split()[-3:] == ["2", "not", "reached"]
+    assert _line(text, "  RBF ridge [ridge=0.001]").split()[-3:] == [
+        "0.2", _rel([0.1, 0.2, 0.3]), "100"
+    ]  # fmt: skip
+    assert _line(text, "  RBF ridge [ridge=100]").split()[-4:] == [
+        "2", _rel([1.9, 2.0, 2.1]), "not", "reached"
+    ]  # fmt: skip
     fig = plot_vs_n(st)
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert "RBF ridge [ridge=0.001]" in labels and "RBF ridge [ridge=100]" in labels
@@ -291,13 +310,17 @@ def test_flagged_cells_are_marked(flagged_path, tmp_path):
     assert _line(text, "  kern").split() == [
         "kern",
         "0.375",
+        _rel([0.375] * 3),
         "[U1]",
         "0.125",
+        _rel([0.125] * 3),
         "[E3]",
         "100",
         "[U1]",
     ]
-    assert _line(text, "  net [w=8]").split()[2:] == ["nan", "[D1]", "0.25", "200", "[D1]"]
+    assert _line(text, "  net [w=8]").split()[2:] == [
+        "nan", "[D1]", "0.25", _rel([0.25] * 3), "200", "[D1]"
+    ]  # fmt: skip
     assert "U unconverged kernel solve" in text
     assert text.splitlines()[-1] == (
         "status: 1 unconverged, 1 diverged, 3 at a grid edge (of 12 trials)"
@@ -374,3 +397,31 @@ def test_reference_lines(store_path):
     second.zero_errors = [math.nan]
     labels = plot_vs_n(second).axes[0].get_legend_handles_labels()[1]
     assert not any(label.startswith("zero predictor") for label in labels)
+
+
+def test_relative_errors_beside_absolute(tmp_path):
+    # The test error divided by the label variance of each trial's own test set, in a table of
+    # its own and on a second axis of the plots; "-" where the concept cannot be rebuilt.
+    rows = [_row(s, "net", 8, 100, s, 0.5 + 0.1 * s) for s in range(3)]
+    unknown = _row(3, "kern", None, 100, 0, 0.7)
+    unknown["concept"] = "gone"
+    unknown["config"] = {**unknown["config"], "concept": {"name": "gone", "params": {}}}
+    path = _store(tmp_path / "v.db", rows + [unknown])
+    st, gone = analyse(_rows(path))
+    assert math.isnan(gone.label_variance)
+    ratios = [(0.5 + 0.1 * s) / _variance(s) for s in range(3)]
+    net = _series(st, "net", 8)
+    assert net.relative[100] == pytest.approx(ratios, rel=1e-12)
+    assert math.isfinite(st.label_variance) and st.label_variance > 1.0
+    md = write_report(path, tmp_path / "o", plots=False).read_text()
+    from fastkernels.experiments.report import _g
+
+    mean = sum(ratios) / 3
+    sd = math.sqrt(sum((r - mean) ** 2 for r in ratios) / 2)
+    assert "### Test error relative to the label variance" in md
+    assert f"| net | 8 | {_g(mean)} ± {_g(sd)} (3) |" in md
+    assert "| kern | - |" in md and "Label variance Var(y) = " in md
+    fig = plot_vs_n(st, width=8)
+    ax = fig.axes[0]
+    second = [c for c in ax.get_children() if type(c).__name__ == "SecondaryAxis"]
+    assert len(second) == 1 and "relative to label variance" in second[0].get_ylabel()
