@@ -91,3 +91,17 @@ def test_bad_parameters():
         ParityConcept(d=0)
     with pytest.raises(ValueError, match="ParityConcept: alpha"):
         ParityConcept(alpha=-0.1)
+
+
+def test_label_variance_is_k_times_beta2_plus_alpha2():
+    # F_r and G_r are distinct parities: uncorrelated, mean 0, variance 1 each, so
+    # Var(y) = k (beta^2 + alpha^2); the test-set estimate is within sampling error of it.
+    from fastkernels.concepts import make_concept
+
+    c = make_concept("parity", d=30, k=8, alpha=0.3, beta=0.5, seed=3)
+    exact = 8 * (0.5**2 + 0.3**2)
+    assert abs(c.label_variance(20000) - exact) < 0.03 * exact
+    _, Y = c.test_set(500)
+    assert c.label_variance(500) == float((Y - Y.mean(0)).square().sum(1).mean())
+    with pytest.raises(ValueError, match="label_variance"):
+        c.label_variance(0)
