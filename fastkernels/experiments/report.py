@@ -925,13 +925,10 @@ def _finish(ax, st: Setting, values: list[float], xlabel: str, xticks: list[int]
             second.yaxis.set_major_formatter(_plain_log_formatter())
             second.yaxis.set_minor_formatter(_plain_log_formatter(labelOnlyBase=False))
     ax.grid(True, which="both", alpha=0.25)
-    # Beside the axes: inside, it would hide the points of some series.
-    ax.legend(
-        fontsize=8,
-        loc="upper left",
-        bbox_to_anchor=(1.12 if math.isfinite(var) and var > 0 else 1.01, 1.0),
-        frameon=False,
-    )
+    # Beside the axes (inside, it would hide the points of some series), as a figure legend
+    # that the constrained layout keeps clear of the second axis' labels.
+    handles, labels = ax.get_legend_handles_labels()
+    ax.figure.legend(handles, labels, fontsize=8, loc="outside right upper", frameon=False)
 
 
 def _plain_log_formatter(**kw):
