@@ -10,6 +10,7 @@ import torch
 
 from .._validation import check_choice, check_positive_int, check_xy, resolve_dtype
 from ..models import ARCHS, BLOCKS, TRAINABLE, StackedNet, train_sgd
+from ..models.nets import check_init_scales
 from .base import (
     BaseRegressor,
     DivergenceWarning,
@@ -239,10 +240,12 @@ class ResNetRegressor(BaseRegressor):
         trainable = RECIPE_TRAINABLE[self.recipe] if self.trainable is None else self.trainable
         check_choice(trainable, TRAINABLE, name="trainable", where=where)
         check_choice(self.loss, LOSSES, name="loss", where=where)
-        for key in ("second_init", "bias_init", "readout_init"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
-                raise ValueError(f"{where}: {key} must be a finite number >= 0, got {v!r}")
+        check_init_scales(
+            second_init=self.second_init,
+            bias_init=self.bias_init,
+            readout_init=self.readout_init,
+            where=where,
+        )
         check_choice(self.selection, ("validation", "test"), name="selection", where=where)
         if self.block is not None:
             check_choice(self.block, BLOCKS, name="block", where=where)

@@ -35,6 +35,17 @@ class Layer:
     readout: bool = False
 
 
+def check_init_scales(where: str, **scales) -> dict[str, float]:
+    """The init-scale factors (``second_init``, ...) as floats; ValueError naming one that is
+    not a finite number >= 0."""
+    out = {}
+    for name, v in scales.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+            raise ValueError(f"{where}: {name} must be a finite number >= 0, got {v!r}")
+        out[name] = float(v)
+    return out
+
+
 @dataclass
 class Tap:
     """A layer's input (E, B, fan_in) and its pre-activation output (E, B, fan_out)."""
@@ -109,15 +120,9 @@ class StackedNet(nn.Module):
         k = self.out_features = check_positive_int(out_features, name="out_features", where=where)
         E = self.n_models = check_positive_int(n_models, name="n_models", where=where)
 
-        scales = {}
-        for name, v in (
-            ("second_init", second_init),
-            ("bias_init", bias_init),
-            ("readout_init", readout_init),
-        ):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
-                raise ValueError(f"{where}: {name} must be a finite number >= 0, got {v!r}")
-            scales[name] = float(v)
+        scales = check_init_scales(
+            second_init=second_init, bias_init=bias_init, readout_init=readout_init, where=where
+        )
 
         def normal(*shape, var, scale=1.0):
             t = torch.randn(*shape, generator=generator, dtype=torch.float64)
